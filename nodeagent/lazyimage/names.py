@@ -1,0 +1,52 @@
+"""Every string that other parts depend on (DESIGN §2-§3), in one place."""
+
+from __future__ import annotations
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_SOCKET",
+    "DEFAULT_STATE_DIR",
+    "LABEL_CRI_IMAGE_LAYERS",
+    "LABEL_CRI_IMAGE_REF",
+    "LABEL_CRI_LAYER_DIGEST",
+    "LABEL_CRI_MANIFEST_DIGEST",
+    "LABEL_SNAPSHOT_REF",
+    "METRIC_PREFIX",
+    "NO_PREFETCH_LANDMARK",
+    "POD_PREWARM_ANNOTATION",
+    "PREFETCH_LANDMARK",
+    "SNAPSHOTTER_NAME",
+    "TOC_DIGEST_ANNOTATION",
+    "TOC_TAR_NAME",
+    "UNCOMPRESSED_SIZE_ANNOTATION",
+]
+
+# eStargz format
+TOC_TAR_NAME = "stargz.index.json"
+PREFETCH_LANDMARK = ".prefetch.landmark"
+NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
+DEFAULT_CHUNK_SIZE = 4 << 20
+
+# Layer descriptor annotations
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+
+# Snapshot labels set by containerd and its CRI plugin
+LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
+LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
+LABEL_CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
+LABEL_CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
+
+# Kubernetes
+API_GROUP = "lazyimage.io"
+API_VERSION = "v1alpha1"
+POD_PREWARM_ANNOTATION = "lazyimage.io/prewarm"
+
+# Node agent
+SNAPSHOTTER_NAME = "lazyimage"
+DEFAULT_SOCKET = "/run/lazyimage/snapshotter.sock"
+DEFAULT_STATE_DIR = "/var/lib/lazyimage"
+METRIC_PREFIX = "lazyimage_"

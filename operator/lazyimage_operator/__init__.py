@@ -1,0 +1,1 @@
+"""The lazyimage operator: LazyImage objects, the pod watch and prefetch orders."""

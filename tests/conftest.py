@@ -1,0 +1,9 @@
+"""Test-wide configuration. Fixture modules live in tests/fixtures/, one per component."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.registry",
+    "tests.fixtures.gotools",
+    "tests.fixtures.images",
+]
