@@ -18,6 +18,8 @@ __all__ = [
     "POD_PREWARM_ANNOTATION",
     "PREFETCH_LANDMARK",
     "SNAPSHOTTER_NAME",
+    "SOURCE_DIGEST_ANNOTATION",
+    "SOURCE_SIZE_ANNOTATION",
     "TOC_DIGEST_ANNOTATION",
     "TOC_TAR_NAME",
     "UNCOMPRESSED_SIZE_ANNOTATION",
@@ -32,6 +34,10 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 # Layer descriptor annotations
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+
+# Set by `lazyimage convert` on each converted layer, so `inspect` can show what it cost
+SOURCE_DIGEST_ANNOTATION = "io.lazyimage.source.digest"
+SOURCE_SIZE_ANNOTATION = "io.lazyimage.source.size"
 
 # Snapshot labels set by containerd and its CRI plugin
 LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"

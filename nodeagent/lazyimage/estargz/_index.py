@@ -262,7 +262,8 @@ class TOC:
             if first != names.NO_PREFETCH_LANDMARK:
                 raise FormatError(f"{names.NO_PREFETCH_LANDMARK} is not the first file in the blob")
         offsets = sorted({entry.offset for entry in data_entries})
-        ends = dict(zip(offsets, [*offsets[1:], self.toc_offset], strict=True))
+        bounds = [*offsets[1:], self.toc_offset]
+        ends = {offset: bounds[i] for i, offset in enumerate(offsets)}
         for node in self.nodes:
             node.chunks = [
                 Chunk(

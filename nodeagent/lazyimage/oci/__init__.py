@@ -1,6 +1,6 @@
 """OCI image model: media types, digests, descriptors, manifests and layout directories."""
 
-from lazyimage.oci._digest import check_digest, is_digest, sha256_digest
+from lazyimage.oci._digest import check_digest, copy_verified, is_digest, sha256_digest
 from lazyimage.oci._layout import REF_NAME_ANNOTATION, OCILayout
 from lazyimage.oci._mediatypes import (
     DOCKER_CONFIG,
@@ -39,6 +39,7 @@ __all__ = [
     "OCILayout",
     "Platform",
     "check_digest",
+    "copy_verified",
     "dumps_canonical",
     "is_digest",
     "sha256_digest",

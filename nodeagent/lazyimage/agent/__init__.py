@@ -1,0 +1,1 @@
+"""The node agent: wiring of the lazy filesystem, cache, fetcher and snapshotter."""

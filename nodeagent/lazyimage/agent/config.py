@@ -1,0 +1,90 @@
+"""The agent's configuration: command-line flags, each with a LAZYIMAGE_* environment default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazyimage import names
+
+__all__ = ["AgentConfig", "build_parser", "parse_config"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: Path
+    socket: Path
+    listen: str
+    docker_config: Path | None
+    insecure_registries: tuple[str, ...]
+    cache_size: int
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lazyimage-agent",
+        description=(
+            "The lazyimage node agent: serves eStargz layers lazily over FUSE and acts as the "
+            f"containerd proxy snapshotter {names.SNAPSHOTTER_NAME!r}. Every flag can also be "
+            "set through the LAZYIMAGE_* environment variable named after it."
+        ),
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env.get("LAZYIMAGE_STATE_DIR", names.DEFAULT_STATE_DIR)),
+        help="snapshots, chunk cache and metadata (LAZYIMAGE_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(env.get("LAZYIMAGE_SOCKET", names.DEFAULT_SOCKET)),
+        help="the snapshotter's gRPC unix socket (LAZYIMAGE_SOCKET)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=env.get("LAZYIMAGE_LISTEN", "127.0.0.1:9090"),
+        metavar="HOST:PORT",
+        help="/metrics, /healthz, /readyz and the control API (LAZYIMAGE_LISTEN)",
+    )
+    docker_config = env.get("LAZYIMAGE_DOCKER_CONFIG")
+    parser.add_argument(
+        "--docker-config",
+        type=Path,
+        default=Path(docker_config) if docker_config else None,
+        metavar="FILE",
+        help="registry credentials, docker config.json format (LAZYIMAGE_DOCKER_CONFIG)",
+    )
+    insecure = [h for h in env.get("LAZYIMAGE_INSECURE_REGISTRY", "").split(",") if h]
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=insecure,
+        metavar="HOST:PORT",
+        help="plain-http registry, repeatable (LAZYIMAGE_INSECURE_REGISTRY, comma-separated)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=int(env.get("LAZYIMAGE_CACHE_SIZE", str(10 << 30))),
+        metavar="BYTES",
+        help="upper bound of the on-disk chunk cache (LAZYIMAGE_CACHE_SIZE)",
+    )
+    return parser
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    args = build_parser(os.environ if env is None else env).parse_args(argv)
+    return AgentConfig(
+        state_dir=args.state_dir,
+        socket=args.socket,
+        listen=args.listen,
+        docker_config=args.docker_config,
+        insecure_registries=tuple(args.insecure_registry),
+        cache_size=args.cache_size,
+    )

@@ -1,0 +1,131 @@
+"""The ``lazyimage`` command: convert images to eStargz and inspect them.
+
+Exit codes: 0 success, 1 internal error, 2 usage, 3 not found, 4 authentication,
+5 registry unavailable, 6 corrupt or invalid image data, 7 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO
+
+import anyio
+
+from lazyimage import __version__, names
+from lazyimage.cli import _exitcodes
+from lazyimage.cli._commands import run_convert, run_inspect
+
+__all__ = ["build_parser", "main"]
+
+_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G (binary) suffix: 4M, 512k, 1048576."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = _SIZE_SUFFIXES.get(value[-1:], 1)
+    digits = value[:-1] if value[-1:] in _SIZE_SUFFIXES else value
+    if not digits.isdigit() or int(digits) * factor <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}")
+    return int(digits) * factor
+
+
+def _level(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"compression level {text!r} is not in 0..9")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lazyimage",
+        description="Convert container images to eStargz for lazy pulling, and inspect them.",
+        epilog=(
+            "Images are registry references (HOST[:PORT]/REPO[:TAG|@DIGEST]) or OCI layout "
+            "directories (oci:DIR[:TAG]). Credentials come from $DOCKER_CONFIG/config.json or "
+            "~/.docker/config.json. Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, "
+            "4 authentication, 5 registry unavailable, 6 corrupt or invalid data, 7 other."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"lazyimage {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser("convert", help="convert an image's layers to eStargz")
+    convert.add_argument("src", metavar="SRC", help="the image to convert")
+    convert.add_argument("dst", metavar="DST", help="where to store the converted image")
+    convert.add_argument(
+        "--prioritize",
+        action="append",
+        metavar="FILE|GLOB",
+        help="a file the workload reads first (repeatable; order is kept; globs: * ? [] **)",
+    )
+    convert.add_argument(
+        "--prioritize-from",
+        action="append",
+        metavar="LIST",
+        help="a file with one path or glob per line, as for --prioritize",
+    )
+    convert.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=names.DEFAULT_CHUNK_SIZE,
+        metavar="N",
+        help="split files larger than N bytes into verifiable chunks (default 4M)",
+    )
+    convert.add_argument(
+        "--level", type=_level, default=9, metavar="N", help="gzip level 0-9 (default 9)"
+    )
+    platforms = convert.add_mutually_exclusive_group()
+    platforms.add_argument("--platform", metavar="P", help="os/arch[/variant] (linux/amd64)")
+    platforms.add_argument(
+        "--all-platforms", action="store_true", help="convert every platform of an index"
+    )
+    _add_insecure(convert)
+
+    inspect = commands.add_parser("inspect", help="show an image's layers and eStargz TOCs")
+    inspect.add_argument("ref", metavar="REF", help="the image to inspect")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--files", action="store_true", help="list every TOC entry")
+    inspect.add_argument("--platform", metavar="P", help="os/arch[/variant] for an index")
+    _add_insecure(inspect)
+    return parser
+
+
+def _add_insecure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="talk plain http to this registry (repeatable)",
+    )
+
+
+Command = Callable[[argparse.Namespace, TextIO, TextIO], Awaitable[None]]
+_COMMANDS: dict[str, Command] = {"convert": run_convert, "inspect": run_inspect}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = _COMMANDS[args.command]
+    try:
+        anyio.run(command, args, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        print("lazyimage: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: a message, never a traceback
+        code = _exitcodes.exit_code_for(exc)
+        if code == _exitcodes.INTERNAL or os.environ.get("LAZYIMAGE_DEBUG"):
+            traceback.print_exc()
+        print(f"lazyimage {args.command}: error: {exc}", file=sys.stderr)
+        return code
+    return _exitcodes.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
