@@ -1,4 +1,4 @@
-"""The ``lazyimage`` command: convert images to eStargz and inspect them.
+"""The ``lazyimage`` command: convert images to eStargz, inspect and copy them.
 
 Exit codes: 0 success, 1 internal error, 2 usage, 3 not found, 4 authentication,
 5 registry unavailable, 6 corrupt or invalid image data, 7 other failure.
@@ -17,7 +17,7 @@ import anyio
 
 from lazyimage import __version__, names
 from lazyimage.cli import _exitcodes
-from lazyimage.cli._commands import run_convert, run_inspect
+from lazyimage.cli._commands import run_convert, run_copy, run_inspect
 
 __all__ = ["build_parser", "main"]
 
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_insecure(convert)
 
+    copy = commands.add_parser("copy", help="copy an image unchanged (e.g. a layout to a registry)")
+    copy.add_argument("src", metavar="SRC", help="the image to copy")
+    copy.add_argument("dst", metavar="DST", help="where to store it")
+    _add_insecure(copy)
+
     inspect = commands.add_parser("inspect", help="show an image's layers and eStargz TOCs")
     inspect.add_argument("ref", metavar="REF", help="the image to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -106,7 +111,7 @@ def _add_insecure(parser: argparse.ArgumentParser) -> None:
 
 
 Command = Callable[[argparse.Namespace, TextIO, TextIO], Awaitable[None]]
-_COMMANDS: dict[str, Command] = {"convert": run_convert, "inspect": run_inspect}
+_COMMANDS: dict[str, Command] = {"convert": run_convert, "copy": run_copy, "inspect": run_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from lazyimage.convert import (
     LayoutStore,
     RegistryStore,
     convert_image,
+    copy_image,
     inspect_image,
     parse_location,
 )
@@ -27,7 +28,7 @@ from lazyimage.estargz import BuildOptions, read_priority_list
 from lazyimage.oci import Platform
 from lazyimage.registry import Keychain, RegistryClient
 
-__all__ = ["run_convert", "run_inspect"]
+__all__ = ["run_convert", "run_copy", "run_inspect"]
 
 
 async def _open_store(
@@ -93,6 +94,14 @@ def _report_conversion(result: ConvertResult, seconds: float, err: TextIO) -> No
         f"size {format_bytes(before)} -> {format_bytes(after)} ({change:+.1f}%), {seconds:.1f} s",
         file=err,
     )
+
+
+async def run_copy(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    async with AsyncExitStack() as stack:
+        source = await _open_store(stack, args.src, args.insecure_registry)
+        target = await _open_store(stack, args.dst, args.insecure_registry, create=True)
+        digest = await copy_image(source, target)
+    print(digest, file=out)
 
 
 async def run_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:

@@ -8,6 +8,7 @@ from lazyimage.convert._convert import (
     ManifestReport,
     convert_image,
 )
+from lazyimage.convert._copy import copy_image
 from lazyimage.convert._inspect import FileInfo, ImageInspection, LayerInspection, inspect_image
 from lazyimage.convert._store import (
     ImageStore,
@@ -35,6 +36,7 @@ __all__ = [
     "RegistryStore",
     "RootManifest",
     "convert_image",
+    "copy_image",
     "inspect_image",
     "parse_location",
 ]

@@ -37,7 +37,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """The delay before retry number ``retry`` (1 for the first retry), without jitter."""
-        return min(self.max_delay, self.base_delay * 2 ** max(retry - 1, 0))
+        return float(min(self.max_delay, self.base_delay * 2 ** max(retry - 1, 0)))
 
     def schedule(self) -> list[float]:
         """Every delay this policy may sleep, in order, without jitter."""

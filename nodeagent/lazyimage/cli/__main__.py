@@ -1,0 +1,5 @@
+import sys
+
+from lazyimage.cli import main
+
+sys.exit(main())

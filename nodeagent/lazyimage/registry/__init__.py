@@ -1,0 +1,34 @@
+"""OCI distribution client: references, credentials, retries, manifests and blob ranges.
+
+One RegistryClient (an async context manager) holds one connection pool, one token cache and
+the redirect targets of blobs; share it between tasks. Every failure is a
+``lazyimage.errors.RegistryError`` naming the registry, repository and what was asked, or a
+``VerificationError`` for bytes that do not match their digest.
+"""
+
+from lazyimage.registry._auth import Challenge, parse_www_authenticate
+from lazyimage.registry._client import (
+    FetchedManifest,
+    RegistryClient,
+    ResolvedImage,
+    select_platform,
+)
+from lazyimage.registry._http import ContentRange, parse_content_range
+from lazyimage.registry._keychain import Credentials, Keychain
+from lazyimage.registry._reference import Reference
+from lazyimage.registry._retry import RetryPolicy
+
+__all__ = [
+    "Challenge",
+    "ContentRange",
+    "Credentials",
+    "FetchedManifest",
+    "Keychain",
+    "Reference",
+    "RegistryClient",
+    "ResolvedImage",
+    "RetryPolicy",
+    "parse_content_range",
+    "parse_www_authenticate",
+    "select_platform",
+]

@@ -1,0 +1,752 @@
+"""RegistryClient: the OCI distribution API over one httpx.AsyncClient.
+
+Each public method is one operation. An operation runs attempts under a RetryPolicy; an
+attempt sends requests through ``_open`` (auth, manual redirects) and turns statuses into
+errors with ``_raise_for_status``. Pull operations try the registry's mirrors first, once
+each, then the registry itself. Only anyio and httpx are used, so the client runs under
+asyncio and trio alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import anyio
+import httpx
+
+from lazyimage import __version__
+from lazyimage.errors import (
+    AuthError,
+    FormatError,
+    NotFoundError,
+    RangeNotSupportedError,
+    RegistryError,
+    UnavailableError,
+    VerificationError,
+)
+from lazyimage.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    sha256_digest,
+)
+from lazyimage.registry._auth import RegistryAuth, ReplayRequired
+from lazyimage.registry._http import error_detail, media_type_of, parse_content_range
+from lazyimage.registry._keychain import Keychain
+from lazyimage.registry._reference import Reference, connect_host
+from lazyimage.registry._retry import RetryPolicy, RetryState, parse_retry_after
+from lazyimage.registry._sinks import FileSink, MemorySink, Sink
+
+__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "select_platform"]
+
+log = logging.getLogger("lazyimage.registry")
+
+T = TypeVar("T")
+
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST))
+# The OCI spec lets registries refuse manifests over 4 MiB; refuse to buffer more.
+MAX_MANIFEST_SIZE = 4 << 20
+_MAX_ERROR_BODY = 64 << 10
+_MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 1 << 20
+_LOCATION_CACHE_SIZE = 4096
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+_IDENTITY = {"Accept-Encoding": "identity"}
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest or index exactly as the registry sent it, with its sha256 digest."""
+
+    data: bytes
+    media_type: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image manifest for one platform, and the index it was picked from, if any."""
+
+    manifest: Manifest
+    manifest_data: bytes
+    manifest_digest: str
+    index: Index | None = None
+    index_data: bytes | None = None
+    index_digest: str | None = None
+
+
+def _normal_variant(architecture: str, variant: str) -> str:
+    # containerd's defaults: arm64 means v8, arm means v7.
+    if architecture == "arm64" and variant in ("", "v8", "8"):
+        return "v8"
+    if architecture == "arm" and variant == "":
+        return "v7"
+    return variant
+
+
+def select_platform(index: Index, platform: Platform) -> Descriptor | None:
+    """The first image manifest in ``index`` for ``platform``. An empty requested variant
+    accepts any variant; ``arm64`` and ``arm64/v8`` are the same platform."""
+    for descriptor in index.manifests:
+        found = descriptor.platform
+        if found is None or descriptor.media_type not in MANIFEST_TYPES:
+            continue
+        if (found.os, found.architecture) != (platform.os, platform.architecture):
+            continue
+        if platform.variant and _normal_variant(
+            found.architecture, found.variant
+        ) != _normal_variant(platform.architecture, platform.variant):
+            continue
+        return descriptor
+    return None
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """A host that serves a registry's API: the registry itself or one of its mirrors."""
+
+    base: httpx.URL
+    # The upstream registry name, sent to mirrors as ``?ns=`` (what containerd does).
+    mirror_of: str | None = None
+
+    @property
+    def host(self) -> str:
+        return self.base.netloc.decode("ascii")
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What an operation asks for, to name it in errors."""
+
+    registry: str
+    repository: str
+    what: str
+
+    def error(
+        self, cls: type[RegistryError], message: str, status: int | None = None
+    ) -> RegistryError:
+        return cls(
+            message,
+            registry=self.registry,
+            repository=self.repository,
+            what=self.what,
+            status=status,
+        )
+
+    def mismatch(self, message: str) -> VerificationError:
+        return VerificationError(f"{self.what} from {self.registry}/{self.repository}: {message}")
+
+
+class _Fatal(Exception):
+    """A failure found below the operation level, named by the operation that meets it."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt: 5xx, 429, a short body."""
+
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes | None:
+    """The raw body, or None if it is longer than ``limit``."""
+    buffer = bytearray()
+    async for chunk in response.aiter_raw():
+        buffer += chunk
+        if len(buffer) > limit:
+            return None
+    return bytes(buffer)
+
+
+class RegistryClient:
+    """An OCI distribution client. Use as ``async with RegistryClient(...) as client``.
+
+    ``insecure_registries`` lists ``host:port`` values spoken to over plain http.
+    ``mirrors`` maps a registry name (``docker.io``, ``host:port``) to mirror hosts or URLs,
+    tried in order before the registry for pulls. ``timeout`` bounds each connect, read and
+    write; ``retry`` bounds the attempts of an operation in count and time.
+    """
+
+    def __init__(
+        self,
+        *,
+        keychain: Keychain | None = None,
+        insecure_registries: Sequence[str] = (),
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        mirrors: Mapping[str, Sequence[str]] | None = None,
+        max_connections: int = 64,
+        user_agent: str = f"lazyimage/{__version__}",
+    ) -> None:
+        self.keychain = keychain if keychain is not None else Keychain()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._insecure = frozenset(insecure_registries)
+        self._mirrors = {name: tuple(hosts) for name, hosts in (mirrors or {}).items()}
+        self._auth = RegistryAuth(self.keychain)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            # Digests are over the bytes as stored: never let a server re-encode them.
+            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
+            follow_redirects=False,
+        )
+        # Where a blob was redirected to, so range reads go straight to object storage.
+        self._locations: OrderedDict[tuple[str, str, str], httpx.URL] = OrderedDict()
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    async def get_manifest(self, ref: Reference) -> FetchedManifest:
+        """The manifest or index ``ref`` names (by digest if it has one, else by tag)."""
+        op = _Op(ref.registry, ref.repository, f"manifest {ref.identifier}")
+        path = f"/v2/{ref.repository}/manifests/{ref.identifier}"
+
+        async def attempt(endpoint: _Endpoint) -> tuple[bytes, httpx.Headers]:
+            headers = {"Accept": MANIFEST_ACCEPT}
+            async with self._open(endpoint, "GET", self._url(endpoint, path), headers) as resp:
+                if resp.status_code != 200:
+                    await self._raise_for_status(op, endpoint, resp)
+                data = await _read_limited(resp, MAX_MANIFEST_SIZE)
+                if data is None:
+                    raise op.error(RegistryError, f"larger than {MAX_MANIFEST_SIZE} bytes")
+                return data, resp.headers
+
+        data, headers = await self._pull(ref, op, attempt, bounded=True)
+        digest = sha256_digest(data)
+        if ref.digest and digest != ref.digest:
+            raise op.mismatch(f"content has digest {digest}, expected {ref.digest}")
+        claimed = headers.get("docker-content-digest", "")
+        if not ref.digest and claimed.startswith("sha256:") and claimed != digest:
+            raise op.mismatch(f"content has digest {digest}, registry says {claimed}")
+        media_type = media_type_of(headers.get("content-type"))
+        if media_type not in MANIFEST_TYPES | INDEX_TYPES:
+            media_type = self._declared_media_type(op, data)
+        return FetchedManifest(data, media_type, digest)
+
+    @staticmethod
+    def _declared_media_type(op: _Op, data: bytes) -> str:
+        try:
+            return Manifest.parse(data).media_type
+        except FormatError:
+            pass
+        try:
+            return Index.parse(data).media_type
+        except FormatError as exc:
+            raise op.error(RegistryError, f"neither a manifest nor an index: {exc}") from exc
+
+    async def resolve_image(
+        self, ref: Reference, platform: Platform = DEFAULT_PLATFORM
+    ) -> ResolvedImage:
+        """The image manifest of ``ref`` for ``platform``, through its index if it has one."""
+        top = await self.get_manifest(ref)
+        op = _Op(ref.registry, ref.repository, f"manifest {ref.identifier}")
+        if top.media_type in MANIFEST_TYPES:
+            return ResolvedImage(self._parse_manifest(op, top), top.data, top.digest)
+        if top.media_type not in INDEX_TYPES:
+            raise op.error(RegistryError, f"unsupported media type {top.media_type!r}")
+        try:
+            index = Index.parse(top.data, top.media_type)
+        except FormatError as exc:
+            raise op.error(RegistryError, f"invalid index: {exc}") from exc
+        chosen = select_platform(index, platform)
+        if chosen is None:
+            offered = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
+            raise op.error(
+                NotFoundError, f"no manifest for platform {platform} (index has {offered})"
+            )
+        child = await self.get_manifest(ref.with_digest(chosen.digest))
+        child_op = _Op(ref.registry, ref.repository, f"manifest {chosen.digest}")
+        if child.media_type not in MANIFEST_TYPES:
+            raise child_op.error(
+                RegistryError, f"index entry is a {child.media_type!r}, not an image manifest"
+            )
+        return ResolvedImage(
+            self._parse_manifest(child_op, child),
+            child.data,
+            child.digest,
+            index,
+            top.data,
+            top.digest,
+        )
+
+    @staticmethod
+    def _parse_manifest(op: _Op, fetched: FetchedManifest) -> Manifest:
+        try:
+            return Manifest.parse(fetched.data, fetched.media_type)
+        except FormatError as exc:
+            raise op.error(RegistryError, f"invalid manifest: {exc}") from exc
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
+        """Upload a manifest or index; return its digest.
+
+        A reference with a digest pushes by digest (untagged; the data must have that digest,
+        and a tag is ignored, as in ``ref.with_digest(d)`` for an index's children); otherwise
+        it pushes to ``ref.tag``.
+        """
+        digest = sha256_digest(data)
+        target = ref.digest or ref.tag
+        if target is None:
+            raise ValueError(f"{ref} names neither a tag nor a digest")
+        op = _Op(ref.registry, ref.repository, f"manifest {target} upload")
+        if ref.digest is not None and ref.digest != digest:
+            raise op.mismatch(f"content has digest {digest}, reference says {ref.digest}")
+        path = f"/v2/{ref.repository}/manifests/{target}"
+
+        async def attempt(endpoint: _Endpoint) -> None:
+            headers = {"Content-Type": media_type}
+            url = self._url(endpoint, path)
+            async with self._open(endpoint, "PUT", url, headers, content=data) as resp:
+                if resp.status_code not in (200, 201, 202):
+                    await self._raise_for_status(op, endpoint, resp)
+                claimed = resp.headers.get("docker-content-digest", "")
+                if claimed.startswith("sha256:") and claimed != digest:
+                    raise op.mismatch(f"registry stored digest {claimed}, sent {digest}")
+
+        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=True)
+        return digest
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    async def get_blob(self, ref: Reference, digest: str) -> bytes:
+        """A whole blob in memory, verified against ``digest``."""
+        sink = MemorySink()
+        await self._fetch_blob(ref, digest, sink, None)
+        return sink.getvalue()
+
+    async def download_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream a blob to ``path`` through a temporary file; verify, then rename.
+
+        ``progress`` is called with the number of bytes received so far (it goes down if a
+        retry must start over). A retry resumes with a Range request when the server allows.
+        Returns the size.
+        """
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        sink = FileSink(temporary)
+        try:
+            await self._fetch_blob(ref, digest, sink, progress)
+            await sink.commit(path)
+        finally:
+            await sink.aclose()
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(temporary).unlink(missing_ok=True)
+        return sink.size
+
+    async def _fetch_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        sink: Sink,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        op = _Op(ref.registry, ref.repository, f"blob {digest}")
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+
+        async def attempt(endpoint: _Endpoint) -> None:
+            headers = dict(_IDENTITY)
+            resume = sink.size
+            if resume:
+                headers["Range"] = f"bytes={resume}-"
+            async with self._open(endpoint, "GET", self._url(endpoint, path), headers) as resp:
+                if resume and resp.status_code == 206:
+                    content_range = parse_content_range(resp.headers.get("content-range"))
+                    if content_range is None or content_range.first != resume:
+                        await sink.reset()
+                        raise _Retryable("resumed download answered with another range")
+                elif resume and resp.status_code == 416:
+                    await sink.reset()
+                    raise _Retryable("could not resume the download")
+                elif resp.status_code == 200:
+                    if resume:
+                        await sink.reset()
+                else:
+                    await self._raise_for_status(op, endpoint, resp)
+                async for chunk in resp.aiter_raw(_CHUNK):
+                    await sink.write(chunk)
+                    if progress is not None:
+                        progress(sink.size)
+
+        await self._pull(ref, op, attempt, bounded=False)
+        actual = sink.digest()
+        if actual != digest:
+            raise op.mismatch(f"content of {sink.size} bytes has digest {actual}")
+
+    async def read_range(self, ref: Reference, digest: str, offset: int, length: int) -> bytes:
+        """Exactly the bytes ``[offset, offset + length)`` of a blob.
+
+        The answer must be a 206 whose Content-Range is that range, else
+        RangeNotSupportedError. A short body is retried. Not verified: the caller checks the
+        chunk digests it knows.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range offset={offset} length={length}")
+        if length == 0:
+            return b""
+        last = offset + length - 1
+        op = _Op(ref.registry, ref.repository, f"blob {digest}, range {offset}-{last}")
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+        headers = {**_IDENTITY, "Range": f"bytes={offset}-{last}"}
+
+        async def attempt(endpoint: _Endpoint) -> bytes:
+            key = (endpoint.host, ref.repository, digest)
+            cached = self._locations.get(key)
+            if cached is not None:
+                async with self._open(endpoint, "GET", cached, headers) as resp:
+                    if resp.status_code not in (401, 403):
+                        return await self._take_range(op, endpoint, resp, offset, length)
+                # A presigned URL expired: ask the registry for a fresh one, once.
+                log.debug("redirect target for %s refused (%s); re-resolving", digest, resp)
+                self._locations.pop(key, None)
+            url = self._url(endpoint, path)
+            async with self._open(endpoint, "GET", url, headers) as resp:
+                if resp.url != url and resp.status_code == 206:
+                    self._remember_location(key, resp.url)
+                return await self._take_range(op, endpoint, resp, offset, length)
+
+        return await self._pull(ref, op, attempt, bounded=True)
+
+    def _remember_location(self, key: tuple[str, str, str], url: httpx.URL) -> None:
+        self._locations[key] = url
+        self._locations.move_to_end(key)
+        while len(self._locations) > _LOCATION_CACHE_SIZE:
+            self._locations.popitem(last=False)
+
+    async def _take_range(
+        self, op: _Op, endpoint: _Endpoint, resp: httpx.Response, offset: int, length: int
+    ) -> bytes:
+        last = offset + length - 1
+        if resp.status_code == 200:
+            raise op.error(
+                RangeNotSupportedError, "answered 200 with the whole blob, not 206", status=200
+            )
+        if resp.status_code != 206:
+            await self._raise_for_status(op, endpoint, resp)
+        value = resp.headers.get("content-range")
+        content_range = parse_content_range(value)
+        if content_range is None or (content_range.first, content_range.last) != (offset, last):
+            if (
+                content_range is not None
+                and content_range.first == offset
+                and content_range.size is not None
+                and content_range.last == content_range.size - 1
+            ):
+                raise op.error(
+                    RegistryError,
+                    f"range ends past the blob's {content_range.size} bytes",
+                    status=416,
+                )
+            raise op.error(
+                RangeNotSupportedError,
+                f"answered 206 with Content-Range {value!r}, expected bytes {offset}-{last}",
+                status=206,
+            )
+        data = await _read_limited(resp, length)
+        if data is None:
+            raise op.error(RangeNotSupportedError, f"body longer than the {length} bytes asked")
+        if len(data) != length:
+            raise _Retryable(f"short body: {len(data)} of {length} bytes")
+        return data
+
+    async def blob_size(self, ref: Reference, digest: str) -> int:
+        """A blob's size: HEAD, or ``GET Range: bytes=0-0`` where HEAD gives no length."""
+        op = _Op(ref.registry, ref.repository, f"blob {digest} size")
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+
+        async def attempt(endpoint: _Endpoint) -> int:
+            url = self._url(endpoint, path)
+            async with self._open(endpoint, "HEAD", url, _IDENTITY) as resp:
+                size = _content_length(resp)
+                if resp.status_code == 200 and size is not None:
+                    return size
+                if resp.status_code in (401, 403, 404, 429) or resp.status_code >= 500:
+                    await self._raise_for_status(op, endpoint, resp)
+            headers = {**_IDENTITY, "Range": "bytes=0-0"}
+            async with self._open(endpoint, "GET", url, headers) as resp:
+                if resp.status_code == 206:
+                    content_range = parse_content_range(resp.headers.get("content-range"))
+                    if content_range is not None and content_range.size is not None:
+                        return content_range.size
+                    raise op.error(RangeNotSupportedError, "206 without a blob size")
+                size = _content_length(resp)
+                if resp.status_code == 200 and size is not None:
+                    return size
+                await self._raise_for_status(op, endpoint, resp)
+
+        return await self._pull(ref, op, attempt, bounded=True)
+
+    async def has_blob(self, ref: Reference, digest: str) -> bool:
+        """Whether the registry (or a mirror) serves the blob."""
+        return await self._has_blob(ref, digest, upstream_only=False)
+
+    async def _has_blob(self, ref: Reference, digest: str, *, upstream_only: bool) -> bool:
+        op = _Op(ref.registry, ref.repository, f"blob {digest} existence")
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+
+        async def attempt(endpoint: _Endpoint) -> bool:
+            async with self._open(endpoint, "HEAD", self._url(endpoint, path), _IDENTITY) as resp:
+                if resp.status_code == 200:
+                    return True
+                if resp.status_code == 404:
+                    return False
+                await self._raise_for_status(op, endpoint, resp)
+
+        if upstream_only:
+            upstream = self._upstream(ref.registry)
+            return await self._retrying(op, upstream, attempt, self.retry, bounded=True)
+        return await self._pull(ref, op, attempt, bounded=True)
+
+    async def push_blob(self, ref: Reference, source: bytes | Path, digest: str, size: int) -> None:
+        """Upload a blob unless the registry has it: one POST, then one PUT with the bytes."""
+        op = _Op(ref.registry, ref.repository, f"blob {digest} upload")
+        if isinstance(source, bytes):
+            if len(source) != size or sha256_digest(source) != digest:
+                raise op.mismatch(f"the {len(source)} bytes given are not {digest} of size {size}")
+        else:
+            actual_size = (await anyio.Path(source).stat()).st_size
+            if actual_size != size:
+                raise op.mismatch(f"{source} has {actual_size} bytes, expected {size}")
+        if await self._has_blob(ref, digest, upstream_only=True):
+            return
+        start_path = f"/v2/{ref.repository}/blobs/uploads/"
+
+        async def attempt(endpoint: _Endpoint) -> None:
+            start = self._url(endpoint, start_path)
+            async with self._open(endpoint, "POST", start, {"Content-Length": "0"}) as resp:
+                if resp.status_code != 202:
+                    await self._raise_for_status(op, endpoint, resp)
+                location = resp.headers.get("location")
+                if not location:
+                    raise op.error(RegistryError, "upload started without a Location")
+                upload = resp.url.join(location).copy_merge_params({"digest": digest})
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            if isinstance(source, bytes):
+                async with self._open(endpoint, "PUT", upload, headers, content=source) as resp:
+                    await self._check_upload(op, endpoint, resp)
+                return
+            async with await anyio.open_file(source, "rb") as file:
+
+                async def chunks() -> AsyncGenerator[bytes, None]:
+                    while chunk := await file.read(_CHUNK):
+                        yield chunk
+
+                stream = chunks()
+                try:
+                    async with self._open(endpoint, "PUT", upload, headers, content=stream) as resp:
+                        await self._check_upload(op, endpoint, resp)
+                finally:
+                    await stream.aclose()
+
+        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=False)
+
+    async def _check_upload(self, op: _Op, endpoint: _Endpoint, resp: httpx.Response) -> None:
+        if resp.status_code in (201, 204):
+            return
+        if resp.status_code == 400:
+            detail = error_detail(await self._error_body(resp))
+            if "DIGEST_INVALID" in detail:
+                raise op.mismatch(f"the registry computed another digest ({detail})")
+            raise op.error(RegistryError, f"HTTP 400: {detail}", status=400)
+        await self._raise_for_status(op, endpoint, resp)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _endpoint(self, location: str, mirror_of: str | None = None) -> _Endpoint:
+        if "://" in location:
+            url = httpx.URL(location)
+            return _Endpoint(httpx.URL(scheme=url.scheme, host=url.host, port=url.port), mirror_of)
+        scheme = "http" if location in self._insecure else "https"
+        return _Endpoint(httpx.URL(f"{scheme}://{location}"), mirror_of)
+
+    def _upstream(self, registry: str) -> _Endpoint:
+        host = connect_host(registry)
+        insecure = registry in self._insecure or host in self._insecure
+        return _Endpoint(httpx.URL(f"{'http' if insecure else 'https'}://{host}"))
+
+    def _url(self, endpoint: _Endpoint, path: str) -> httpx.URL:
+        url = endpoint.base.copy_with(path=path)
+        if endpoint.mirror_of:
+            url = url.copy_merge_params({"ns": endpoint.mirror_of})
+        return url
+
+    async def _pull(
+        self,
+        ref: Reference,
+        op: _Op,
+        attempt: Callable[[_Endpoint], Awaitable[T]],
+        *,
+        bounded: bool,
+    ) -> T:
+        """Run a read-only operation on each mirror once, then on the registry with retries."""
+        for mirror in self._mirrors.get(ref.registry, ()):
+            endpoint = self._endpoint(mirror, mirror_of=ref.registry)
+            mirror_op = _Op(endpoint.host, ref.repository, op.what)
+            once = RetryPolicy(attempts=1, total_timeout=self.retry.total_timeout)
+            try:
+                return await self._retrying(mirror_op, endpoint, attempt, once, bounded=bounded)
+            except RegistryError as exc:
+                log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
+        return await self._retrying(
+            op, self._upstream(ref.registry), attempt, self.retry, bounded=bounded
+        )
+
+    async def _retrying(
+        self,
+        op: _Op,
+        endpoint: _Endpoint,
+        attempt: Callable[[_Endpoint], Awaitable[T]],
+        policy: RetryPolicy,
+        *,
+        bounded: bool,
+    ) -> T:
+        """Attempts under ``policy``. With ``bounded`` the whole operation is also cut off at
+        ``total_timeout``; without (whole-blob transfers, whose time grows with their size)
+        only new attempts stop then."""
+        state = RetryState(policy)
+        cause = "no attempt finished"
+        last: BaseException | None = None
+        replayed = False
+        with anyio.move_on_after(policy.total_timeout if bounded else None):
+            while True:
+                try:
+                    return await attempt(endpoint)
+                except ReplayRequired:
+                    # Credentials were just fetched for a one-shot body; resend it once.
+                    if replayed:
+                        raise op.error(AuthError, "challenged again after authenticating") from None
+                    replayed = True
+                    continue
+                except _Fatal as exc:
+                    raise op.error(RegistryError, str(exc)) from None
+                except _Retryable as exc:
+                    cause, retry_after, last = exc.cause, exc.retry_after, exc
+                except httpx.TransportError as exc:
+                    cause, retry_after, last = _describe(exc), None, exc
+                except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                    raise op.error(RegistryError, _describe(exc)) from exc
+                delay = state.next_delay(retry_after)
+                if delay is None:
+                    break
+                log.debug(
+                    "%s: attempt %d failed (%s); retrying in %.2f s",
+                    op.what,
+                    state.attempt - 1,
+                    cause,
+                    delay,
+                )
+                await anyio.sleep(delay)
+        attempts = state.attempt
+        raise op.error(
+            UnavailableError,
+            f"{cause} (gave up after {attempts} attempt{'s' if attempts > 1 else ''} "
+            f"in {state.elapsed:.1f} s)",
+        ) from last
+
+    @asynccontextmanager
+    async def _open(
+        self,
+        endpoint: _Endpoint,
+        method: str,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        content: bytes | AsyncIterator[bytes] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send a request and yield the streamed response, following redirects by hand.
+
+        Credentials go only to the endpoint's own host: a redirect to object storage is
+        sent without Authorization (presigned URLs refuse it). Other headers, Range
+        included, are kept.
+        """
+        response: httpx.Response | None = None
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                auth = self._auth if url.netloc == endpoint.base.netloc else None
+                request = self._http.build_request(method, url, headers=headers, content=content)
+                response = await self._http.send(request, auth=auth, stream=True)
+                location = response.headers.get("location")
+                if response.status_code not in _REDIRECT_STATUSES or not location:
+                    break
+                await response.aclose()
+                if content is not None and not isinstance(content, bytes):
+                    raise _Fatal(f"{method} {url} was redirected; cannot resend its body")
+                url = response.url.join(location)
+                if response.status_code == 303 and method not in ("GET", "HEAD"):
+                    method, content = "GET", None
+            else:
+                raise _Fatal(f"more than {_MAX_REDIRECTS} redirects from {url}")
+            yield response
+        finally:
+            if response is not None:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+
+    async def _error_body(self, response: httpx.Response) -> bytes:
+        try:
+            return await _read_limited(response, _MAX_ERROR_BODY) or b""
+        except (httpx.HTTPError, httpx.StreamError):
+            return b""
+
+    async def _raise_for_status(
+        self, op: _Op, endpoint: _Endpoint, response: httpx.Response
+    ) -> NoReturn:
+        status = response.status_code
+        detail = error_detail(await self._error_body(response)) or response.reason_phrase
+        where = response.url.copy_with(query=None)
+        foreign = response.url.netloc != endpoint.base.netloc
+        if status in (401, 403):
+            if foreign:
+                message = f"{where} refused access (HTTP {status}: {detail})"
+            else:
+                repository = op.repository or None
+                has = self.keychain.lookup(endpoint.host, repository) is not None
+                known = "were refused" if has else "are not in the keychain"
+                message = f"HTTP {status}: {detail}; credentials for {endpoint.host} {known}"
+            raise op.error(AuthError, message, status=status)
+        if status == 404:
+            raise op.error(NotFoundError, f"not found (HTTP 404: {detail})", status=404)
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            origin = f" from {where}" if foreign else ""
+            raise _Retryable(f"HTTP {status}{origin}: {detail}", retry_after)
+        raise op.error(RegistryError, f"HTTP {status}: {detail}", status=status)
