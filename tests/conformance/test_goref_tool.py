@@ -194,6 +194,18 @@ def test_build_reads_gzip_and_zstd_input(
         assert out.read_bytes() == (tmp_path / "plain.esgz").read_bytes()
 
 
+@pytest.mark.timeout(120, func_only=True)
+def test_min_chunk_size_blobs_are_rejected_by_the_reference_verifier(
+    estargz_ref: EstargzRef, layer_tar: Path, tmp_path: Path
+) -> None:
+    """Pins a limit of estargz v0.18.2: Verifiers keys digests by gzip member offset, so
+    entries sharing a member (innerOffset) fail verification, even in blobs it built itself."""
+    blob = tmp_path / "packed.esgz"
+    built = estargz_ref.build(layer_tar, blob, chunk_size=CHUNK, min_chunk_size=1 << 20)
+    with pytest.raises(EstargzRefError, match="found twice"):
+        estargz_ref.verify(blob, toc_digest=built["tocDigest"])
+
+
 @pytest.mark.timeout(60, func_only=True)
 def test_usage_errors_exit_2(estargz_ref: EstargzRef, tmp_path: Path) -> None:
     with pytest.raises(EstargzRefError) as excinfo:

@@ -23,6 +23,7 @@ from lazyimage.oci import (
     Index,
     Manifest,
     Platform,
+    select_platform,
 )
 
 __all__ = [
@@ -136,11 +137,11 @@ async def convert_image(
 
 
 def _select_platform(index: Index, platform: Platform, image: str) -> Descriptor:
-    for desc in index.manifests:
-        if desc.platform is not None and platform.matches(desc.platform):
-            return desc
-    available = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
-    raise NotFoundError(f"image {image} has no {platform} manifest (available: {available})")
+    chosen = select_platform(index, platform)
+    if chosen is None:
+        available = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
+        raise NotFoundError(f"image {image} has no {platform} manifest (available: {available})")
+    return chosen
 
 
 class _Job:
@@ -220,10 +221,9 @@ class _Job:
         if not await self.target.has_blob(layer.digest):
             with tempfile.TemporaryDirectory(dir=self.opts.tmp_dir) as tmp:
                 path = Path(tmp) / "blob"
-                await self.source.download_blob(layer, path, self.obs.advance)
+                await self.source.download_blob(layer, path)
                 await self.target.put_blob_file(path, layer.digest, layer.size)
-        else:
-            self.obs.advance(layer.size)
+        self.obs.advance(layer.size)
         uncompressed = layer.annotations.get(names.UNCOMPRESSED_SIZE_ANNOTATION, "0")
         return LayerReport(
             index=index,
@@ -240,7 +240,7 @@ class _Job:
         with tempfile.TemporaryDirectory(dir=self.opts.tmp_dir, prefix="lazyimage-") as tmp:
             source_path = Path(tmp) / "source"
             result_path = Path(tmp) / "estargz"
-            await self.source.download_blob(layer, source_path, None)
+            await self.source.download_blob(layer, source_path)
             result = await anyio.to_thread.run_sync(
                 self._build, source_path, result_path, layer.size
             )

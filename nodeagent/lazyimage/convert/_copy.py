@@ -45,5 +45,5 @@ async def _copy_blob(
         return
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="lazyimage-copy-") as tmp:
         path = Path(tmp) / "blob"
-        await source.download_blob(desc, path, None)
+        await source.download_blob(desc, path)
         await target.put_blob_file(path, desc.digest, desc.size)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from lazyimage import names
 from lazyimage.convert._store import ImageStore
-from lazyimage.errors import FormatError
+from lazyimage.errors import FormatError, NotFoundError
 from lazyimage.estargz import TOC, Node, TOCLoader
-from lazyimage.oci import Descriptor, Index, Manifest, Platform
+from lazyimage.oci import Descriptor, Index, Manifest, Platform, select_platform
 
 __all__ = ["FileInfo", "ImageInspection", "LayerInspection", "inspect_image"]
 
@@ -65,10 +65,10 @@ async def inspect_image(
     root = await store.get_root()
     if root.is_index:
         index = Index.parse(root.data, root.media_type)
-        match = [d for d in index.manifests if d.platform and platform.matches(d.platform)]
-        if not match:
-            raise FormatError(f"{store.name} has no manifest for {platform}")
-        root = await store.get_manifest(match[0].digest)
+        chosen = select_platform(index, platform)
+        if chosen is None:
+            raise NotFoundError(f"image {store.name} has no {platform} manifest")
+        root = await store.get_manifest(chosen.digest)
     manifest = Manifest.parse(root.data, root.media_type)
     config = json.loads(await store.get_blob(manifest.config.digest))
     platform_text = "/".join(

@@ -7,7 +7,6 @@ anything else a registry reference (``HOST[:PORT]/REPO[:TAG|@DIGEST]``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +26,6 @@ __all__ = [
     "RootManifest",
     "parse_location",
 ]
-
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ class ImageStore(Protocol):
 
     async def get_blob(self, digest: str) -> bytes: ...
 
-    async def download_blob(self, desc: Descriptor, dest: Path, progress: Progress | None) -> None:
+    async def download_blob(self, desc: Descriptor, dest: Path) -> None:
         """Copy a blob to ``dest``, verified against its digest."""
         ...
 
@@ -130,8 +127,8 @@ class RegistryStore:
     async def get_blob(self, digest: str) -> bytes:
         return await self._client.get_blob(self._ref, digest)
 
-    async def download_blob(self, desc: Descriptor, dest: Path, progress: Progress | None) -> None:
-        await self._client.download_blob(self._ref, desc.digest, dest, progress=progress)
+    async def download_blob(self, desc: Descriptor, dest: Path) -> None:
+        await self._client.download_blob(self._ref, desc.digest, dest)
 
     async def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         return await self._client.read_range(self._ref, desc.digest, offset, length)
@@ -176,11 +173,11 @@ class LayoutStore:
     async def get_blob(self, digest: str) -> bytes:
         return await anyio.to_thread.run_sync(self._layout.read_blob, digest)
 
-    async def download_blob(self, desc: Descriptor, dest: Path, progress: Progress | None) -> None:
+    async def download_blob(self, desc: Descriptor, dest: Path) -> None:
         source = self._layout.blob_path(desc.digest)
         if not source.is_file():
             raise NotFoundError(f"blob {desc.digest} not in {self.name}")
-        await anyio.to_thread.run_sync(copy_verified, source, dest, desc.digest, progress)
+        await anyio.to_thread.run_sync(copy_verified, source, dest, desc.digest)
 
     async def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         def read() -> bytes:

@@ -16,7 +16,15 @@ from lazyimage.oci._mediatypes import (
     OCI_LAYER_ZSTD,
     OCI_MANIFEST,
 )
-from lazyimage.oci._model import Descriptor, ImageConfig, Index, Manifest, Platform, dumps_canonical
+from lazyimage.oci._model import (
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    dumps_canonical,
+    select_platform,
+)
 
 __all__ = [
     "DOCKER_CONFIG",
@@ -42,5 +50,6 @@ __all__ = [
     "copy_verified",
     "dumps_canonical",
     "is_digest",
+    "select_platform",
     "sha256_digest",
 ]

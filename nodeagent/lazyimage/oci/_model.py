@@ -20,6 +20,7 @@ __all__ = [
     "Manifest",
     "Platform",
     "dumps_canonical",
+    "select_platform",
 ]
 
 
@@ -57,12 +58,6 @@ class Platform:
         return cls(
             str(obj.get("os", "")), str(obj.get("architecture", "")), str(obj.get("variant", ""))
         )
-
-    def matches(self, other: Platform) -> bool:
-        """True if ``other`` (from an index) satisfies this requested platform."""
-        if (self.os, self.architecture) != (other.os, other.architecture):
-            return False
-        return not self.variant or self.variant == other.variant
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -215,3 +210,29 @@ class ImageConfig:
 
     def to_bytes(self) -> bytes:
         return dumps_canonical(self.raw)
+
+
+def _normal_variant(architecture: str, variant: str) -> str:
+    # containerd's defaults: arm64 means v8, arm means v7.
+    if architecture == "arm64" and variant in ("", "v8", "8"):
+        return "v8"
+    if architecture == "arm" and variant == "":
+        return "v7"
+    return variant
+
+
+def select_platform(index: Index, platform: Platform) -> Descriptor | None:
+    """The first image manifest in ``index`` for ``platform``. An empty requested variant
+    accepts any variant; ``arm64`` and ``arm64/v8`` are the same platform."""
+    for descriptor in index.manifests:
+        found = descriptor.platform
+        if found is None or descriptor.media_type not in mt.MANIFEST_TYPES:
+            continue
+        if (found.os, found.architecture) != (platform.os, platform.architecture):
+            continue
+        if platform.variant and _normal_variant(
+            found.architecture, found.variant
+        ) != _normal_variant(platform.architecture, platform.variant):
+            continue
+        return descriptor
+    return None

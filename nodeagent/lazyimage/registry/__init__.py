@@ -11,7 +11,6 @@ from lazyimage.registry._client import (
     FetchedManifest,
     RegistryClient,
     ResolvedImage,
-    select_platform,
 )
 from lazyimage.registry._http import ContentRange, parse_content_range
 from lazyimage.registry._keychain import Credentials, Keychain
@@ -30,5 +29,4 @@ __all__ = [
     "RetryPolicy",
     "parse_content_range",
     "parse_www_authenticate",
-    "select_platform",
 ]

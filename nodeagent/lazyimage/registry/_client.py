@@ -25,6 +25,7 @@ from lazyimage import __version__
 from lazyimage.errors import (
     AuthError,
     FormatError,
+    InvalidReferenceError,
     NotFoundError,
     RangeNotSupportedError,
     RegistryError,
@@ -38,10 +39,11 @@ from lazyimage.oci import (
     MANIFEST_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
-    Descriptor,
     Index,
     Manifest,
     Platform,
+    is_digest,
+    select_platform,
     sha256_digest,
 )
 from lazyimage.registry._auth import RegistryAuth, ReplayRequired
@@ -51,7 +53,7 @@ from lazyimage.registry._reference import Reference, connect_host
 from lazyimage.registry._retry import RetryPolicy, RetryState, parse_retry_after
 from lazyimage.registry._sinks import FileSink, MemorySink, Sink
 
-__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "select_platform"]
+__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage"]
 
 log = logging.getLogger("lazyimage.registry")
 
@@ -88,32 +90,6 @@ class ResolvedImage:
     index: Index | None = None
     index_data: bytes | None = None
     index_digest: str | None = None
-
-
-def _normal_variant(architecture: str, variant: str) -> str:
-    # containerd's defaults: arm64 means v8, arm means v7.
-    if architecture == "arm64" and variant in ("", "v8", "8"):
-        return "v8"
-    if architecture == "arm" and variant == "":
-        return "v7"
-    return variant
-
-
-def select_platform(index: Index, platform: Platform) -> Descriptor | None:
-    """The first image manifest in ``index`` for ``platform``. An empty requested variant
-    accepts any variant; ``arm64`` and ``arm64/v8`` are the same platform."""
-    for descriptor in index.manifests:
-        found = descriptor.platform
-        if found is None or descriptor.media_type not in MANIFEST_TYPES:
-            continue
-        if (found.os, found.architecture) != (platform.os, platform.architecture):
-            continue
-        if platform.variant and _normal_variant(
-            found.architecture, found.variant
-        ) != _normal_variant(platform.architecture, platform.variant):
-            continue
-        return descriptor
-    return None
 
 
 @dataclass(frozen=True)
@@ -153,7 +129,7 @@ class _Op:
 
 
 class _Fatal(Exception):
-    """A failure found below the operation level, named by the operation that meets it."""
+    """A failure below the operation (a redirect loop); the operation names it."""
 
 
 class _Retryable(Exception):
@@ -163,6 +139,13 @@ class _Retryable(Exception):
         super().__init__(cause)
         self.cause = cause
         self.retry_after = retry_after
+
+
+def _blob_op(ref: Reference, digest: str, what: str) -> _Op:
+    # The digest becomes part of a URL path: refuse anything but a well-formed digest.
+    if not is_digest(digest):
+        raise InvalidReferenceError(f"invalid blob digest {digest!r}")
+    return _Op(ref.registry, ref.repository, what)
 
 
 def _describe(exc: BaseException) -> str:
@@ -175,14 +158,51 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+async def _single(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as sent (no content decoding), whether streamed or already in memory."""
+    try:
+        # A transport that answers from memory (httpx.MockTransport) has read it already.
+        return _single(response.content)
+    except httpx.ResponseNotRead:
+        return response.aiter_raw()
+
+
 async def _read_limited(response: httpx.Response, limit: int) -> bytes | None:
     """The raw body, or None if it is longer than ``limit``."""
     buffer = bytearray()
-    async for chunk in response.aiter_raw():
+    async for chunk in _raw_chunks(response):
         buffer += chunk
         if len(buffer) > limit:
             return None
     return bytes(buffer)
+
+
+async def _drain(
+    response: httpx.Response, sink: Sink, progress: Callable[[int], None] | None
+) -> None:
+    """Copy the body to ``sink`` in large writes. Bytes received before a failure are kept,
+    so that the next attempt can resume after them."""
+    pending = bytearray()
+
+    async def flush() -> None:
+        await sink.write(bytes(pending))
+        pending.clear()
+        if progress is not None:
+            progress(sink.size)
+
+    try:
+        async for chunk in _raw_chunks(response):
+            pending += chunk
+            if len(pending) >= _CHUNK:
+                await flush()
+    finally:
+        if pending:
+            with anyio.CancelScope(shield=True):
+                await flush()
 
 
 class RegistryClient:
@@ -191,7 +211,8 @@ class RegistryClient:
     ``insecure_registries`` lists ``host:port`` values spoken to over plain http.
     ``mirrors`` maps a registry name (``docker.io``, ``host:port``) to mirror hosts or URLs,
     tried in order before the registry for pulls. ``timeout`` bounds each connect, read and
-    write; ``retry`` bounds the attempts of an operation in count and time.
+    write; ``retry`` bounds the attempts of an operation in count and time. ``transport``
+    replaces the network (``httpx.MockTransport`` in tests).
     """
 
     def __init__(
@@ -204,6 +225,7 @@ class RegistryClient:
         mirrors: Mapping[str, Sequence[str]] | None = None,
         max_connections: int = 64,
         user_agent: str = f"lazyimage/{__version__}",
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.keychain = keychain if keychain is not None else Keychain()
         self.retry = retry if retry is not None else RetryPolicy()
@@ -218,6 +240,7 @@ class RegistryClient:
             # Digests are over the bytes as stored: never let a server re-encode them.
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             follow_redirects=False,
+            transport=transport,
         )
         # Where a blob was redirected to, so range reads go straight to object storage.
         self._locations: OrderedDict[tuple[str, str, str], httpx.URL] = OrderedDict()
@@ -381,7 +404,7 @@ class RegistryClient:
         sink: Sink,
         progress: Callable[[int], None] | None,
     ) -> None:
-        op = _Op(ref.registry, ref.repository, f"blob {digest}")
+        op = _blob_op(ref, digest, f"blob {digest}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
         async def attempt(endpoint: _Endpoint) -> None:
@@ -403,10 +426,7 @@ class RegistryClient:
                         await sink.reset()
                 else:
                     await self._raise_for_status(op, endpoint, resp)
-                async for chunk in resp.aiter_raw(_CHUNK):
-                    await sink.write(chunk)
-                    if progress is not None:
-                        progress(sink.size)
+                await _drain(resp, sink, progress)
 
         await self._pull(ref, op, attempt, bounded=False)
         actual = sink.digest()
@@ -425,7 +445,7 @@ class RegistryClient:
         if length == 0:
             return b""
         last = offset + length - 1
-        op = _Op(ref.registry, ref.repository, f"blob {digest}, range {offset}-{last}")
+        op = _blob_op(ref, digest, f"blob {digest}, range {offset}-{last}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
         headers = {**_IDENTITY, "Range": f"bytes={offset}-{last}"}
 
@@ -433,11 +453,18 @@ class RegistryClient:
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:
-                async with self._open(endpoint, "GET", cached, headers) as resp:
-                    if resp.status_code not in (401, 403):
-                        return await self._take_range(op, endpoint, resp, offset, length)
+                try:
+                    async with self._open(endpoint, "GET", cached, headers) as resp:
+                        if resp.status_code not in (401, 403):
+                            return await self._take_range(op, endpoint, resp, offset, length)
+                except (httpx.TransportError, _Retryable):
+                    # Storage is failing: the next attempt asks the registry again.
+                    self._locations.pop(key, None)
+                    raise
                 # A presigned URL expired: ask the registry for a fresh one, once.
-                log.debug("redirect target for %s refused (%s); re-resolving", digest, resp)
+                log.debug(
+                    "redirect target for %s answered %d; re-resolving", digest, resp.status_code
+                )
                 self._locations.pop(key, None)
             url = self._url(endpoint, path)
             async with self._open(endpoint, "GET", url, headers) as resp:
@@ -491,16 +518,23 @@ class RegistryClient:
 
     async def blob_size(self, ref: Reference, digest: str) -> int:
         """A blob's size: HEAD, or ``GET Range: bytes=0-0`` where HEAD gives no length."""
-        op = _Op(ref.registry, ref.repository, f"blob {digest} size")
+        op = _blob_op(ref, digest, f"blob {digest} size")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
         async def attempt(endpoint: _Endpoint) -> int:
             url = self._url(endpoint, path)
             async with self._open(endpoint, "HEAD", url, _IDENTITY) as resp:
                 size = _content_length(resp)
-                if resp.status_code == 200 and size is not None:
+                status = resp.status_code
+                if status == 200 and size is not None:
                     return size
-                if resp.status_code in (401, 403, 404, 429) or resp.status_code >= 500:
+                # Storage URLs presigned for GET often refuse HEAD: then ask with a GET.
+                redirected = resp.url.netloc != endpoint.base.netloc
+                if (
+                    status in (404, 429)
+                    or status >= 500
+                    or (status in (401, 403) and not redirected)
+                ):
                     await self._raise_for_status(op, endpoint, resp)
             headers = {**_IDENTITY, "Range": "bytes=0-0"}
             async with self._open(endpoint, "GET", url, headers) as resp:
@@ -521,7 +555,7 @@ class RegistryClient:
         return await self._has_blob(ref, digest, upstream_only=False)
 
     async def _has_blob(self, ref: Reference, digest: str, *, upstream_only: bool) -> bool:
-        op = _Op(ref.registry, ref.repository, f"blob {digest} existence")
+        op = _blob_op(ref, digest, f"blob {digest} existence")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
         async def attempt(endpoint: _Endpoint) -> bool:
@@ -539,7 +573,7 @@ class RegistryClient:
 
     async def push_blob(self, ref: Reference, source: bytes | Path, digest: str, size: int) -> None:
         """Upload a blob unless the registry has it: one POST, then one PUT with the bytes."""
-        op = _Op(ref.registry, ref.repository, f"blob {digest} upload")
+        op = _blob_op(ref, digest, f"blob {digest} upload")
         if isinstance(source, bytes):
             if len(source) != size or sha256_digest(source) != digest:
                 raise op.mismatch(f"the {len(source)} bytes given are not {digest} of size {size}")
@@ -644,10 +678,10 @@ class RegistryClient:
         ``total_timeout``; without (whole-blob transfers, whose time grows with their size)
         only new attempts stop then."""
         state = RetryState(policy)
-        cause = "no attempt finished"
+        cause = "none"
         last: BaseException | None = None
         replayed = False
-        with anyio.move_on_after(policy.total_timeout if bounded else None):
+        with anyio.move_on_after(policy.total_timeout if bounded else None) as deadline:
             while True:
                 try:
                     return await attempt(endpoint)
@@ -677,6 +711,8 @@ class RegistryClient:
                 )
                 await anyio.sleep(delay)
         attempts = state.attempt
+        if deadline.cancelled_caught:
+            cause = f"no answer within {policy.total_timeout:g} s; last failure: {cause}"
         raise op.error(
             UnavailableError,
             f"{cause} (gave up after {attempts} attempt{'s' if attempts > 1 else ''} "

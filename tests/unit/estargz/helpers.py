@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyimage import estargz
+
 from tests.layercases import CASES, Item, write_tar
 
 

@@ -8,10 +8,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from lazyimage import estargz
 from lazyimage.errors import FormatError, VerificationError
 from lazyimage.estargz._gzip import deflate_member
+
 from tests.unit.estargz.helpers import build_case
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from lazyimage import estargz, names
+
 from tests.layercases import CASES, content_digest
 from tests.unit.estargz.helpers import build_case
 

@@ -1,0 +1,24 @@
+"""The public surface changes only on purpose."""
+
+from __future__ import annotations
+
+import lazyimage.registry as registry
+
+
+def test_exports() -> None:
+    assert registry.__all__ == sorted(registry.__all__)
+    assert set(registry.__all__) == {
+        "Challenge",
+        "ContentRange",
+        "Credentials",
+        "FetchedManifest",
+        "Keychain",
+        "Reference",
+        "RegistryClient",
+        "ResolvedImage",
+        "RetryPolicy",
+        "parse_content_range",
+        "parse_www_authenticate",
+    }
+    for name in registry.__all__:
+        assert getattr(registry, name).__module__.startswith("lazyimage.registry._")
