@@ -59,6 +59,12 @@ class Platform:
             str(obj.get("os", "")), str(obj.get("architecture", "")), str(obj.get("variant", ""))
         )
 
+    def to_json(self) -> dict[str, str]:
+        obj = {"architecture": self.architecture, "os": self.os}
+        if self.variant:
+            obj["variant"] = self.variant
+        return obj
+
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
@@ -102,6 +108,8 @@ class Descriptor:
             obj["annotations"] = dict(self.annotations)
         else:
             obj.pop("annotations", None)
+        if self.platform is not None:
+            obj["platform"] = self.platform.to_json()
         # Key order as in the OCI spec examples.
         ordered: dict[str, Any] = {k: obj[k] for k in ("mediaType", "digest", "size") if k in obj}
         ordered.update({k: v for k, v in obj.items() if k not in ordered})
