@@ -6,8 +6,8 @@ each result against the gzip source.
 
 - lazyimage: ``lazyimage convert REG/bench/python:gzip REG/bench/python:lazyimage`` (pull,
   convert and push in one command).
-- reference: ``ctr-remote images pull`` into a fresh containerd, ``images convert --estargz
-  --oci``, and ``images push``; timed per step and in total.
+- reference: ``ctr content fetch`` into a fresh containerd, ``ctr-remote images convert
+  --estargz --oci``, and ``ctr images push``; timed per step and in total.
 
 Run it with ``scripts/bench-convert [--runs N]``.
 """
@@ -74,40 +74,17 @@ def _lazyimage(registry: RegistryServer, source: str, target: str) -> float:
 def _reference(
     ctr_remote: Path, containerd: ContainerdServer, source: str, target: str
 ) -> dict[str, float]:
-    base = [str(ctr_remote), "--address", str(containerd.socket), "--namespace", _NAMESPACE]
+    # ctr-remote embeds containerd 2's client, whose pull and push need services that
+    # containerd 1.6 lacks; Debian's ctr (1.6) moves the content, ctr-remote converts it.
+    ctr = ["ctr", "--address", str(containerd.socket), "--namespace", _NAMESPACE]
+    remote = [str(ctr_remote), "--address", str(containerd.socket), "--namespace", _NAMESPACE]
     times = {
-        "pull": _run([*base, "images", "pull", "--plain-http", source]),
-        "convert": _run([*base, "images", "convert", "--estargz", "--oci", source, target]),
+        "pull": _run([*ctr, "content", "fetch", "--plain-http", source]),
+        "convert": _run([*remote, "images", "convert", "--estargz", "--oci", source, target]),
+        "push": _run([*ctr, "images", "push", "--plain-http", target]),
     }
-    # ctr-remote embeds containerd 2's client, whose push needs a newer daemon; Debian's ctr
-    # (1.6) pushes the converted image from the same content store.
-    times["push"] = _run(
-        [
-            "ctr",
-            "--address",
-            str(containerd.socket),
-            "--namespace",
-            _NAMESPACE,
-            "images",
-            "push",
-            "--plain-http",
-            target,
-        ]
-    )
-    _run([*base, "images", "rm", source, target])
-    _run(
-        [
-            "ctr",
-            "--address",
-            str(containerd.socket),
-            "--namespace",
-            _NAMESPACE,
-            "content",
-            "prune",
-            "references",
-        ],
-        timeout=120,
-    )
+    _run([*ctr, "images", "rm", source, target])
+    _run([*ctr, "content", "prune", "references"], timeout=120)
     times["total"] = sum(times.values())
     return times
 

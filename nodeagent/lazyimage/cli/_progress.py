@@ -29,7 +29,6 @@ class ConvertProgress:
         self._lock = threading.Lock()
         self._total = 0
         self._done = 0
-        self._layers_total = 0
         self._layers_done = 0
         self._last_draw = 0.0
 
@@ -41,10 +40,6 @@ class ConvertProgress:
         with self._lock:
             self._done += nbytes
         self._draw()
-
-    def expect_layers(self, count: int) -> None:
-        with self._lock:
-            self._layers_total += count
 
     def layer_done(self, report: LayerReport) -> None:
         with self._lock:
@@ -66,7 +61,7 @@ class ConvertProgress:
             bar = "#" * filled + "." * (width - filled)
             text = (
                 f"\r[{bar}] {fraction * 100:5.1f}%  {format_bytes(self._done)} of "
-                f"{format_bytes(self._total)}  layers {self._layers_done}"
+                f"{format_bytes(self._total)}  {self._layers_done} layers done"
             )
         self._stream.write(text)
         self._stream.flush()

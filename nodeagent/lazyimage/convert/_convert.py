@@ -189,9 +189,13 @@ class _Job:
                 reports[index] = report
                 self.obs.layer_done(report)
 
-        async with anyio.create_task_group() as group:
-            for index, layer in enumerate(manifest.layers):
-                group.start_soon(run, index, layer)
+        try:
+            async with anyio.create_task_group() as group:
+                for index, layer in enumerate(manifest.layers):
+                    group.start_soon(run, index, layer)
+        except ExceptionGroup as failures:
+            # One failed layer cancels the others; report the failure, not the group.
+            raise _first_leaf(failures)  # noqa: B904 -- "from" would replace the leaf's cause
         layers = [r for r in reports if r is not None]
         new_config = config.with_diff_ids([r.diff_id for r in layers])
         config_data = new_config.to_bytes()
@@ -274,3 +278,8 @@ class _Job:
             result = build(source, out, self.opts.build)
         self.obs.advance(source_size)
         return result
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
