@@ -39,6 +39,19 @@ def _load_object(data: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
+def _document(
+    media_type: str, body: dict[str, Any], annotations: dict[str, str], raw: dict[str, Any]
+) -> dict[str, Any]:
+    """A manifest or index: the modelled fields, then any others the source document had."""
+    obj: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type, **body}
+    if annotations:
+        obj["annotations"] = dict(annotations)
+    for key, value in raw.items():
+        if key != "annotations":
+            obj.setdefault(key, value)
+    return obj
+
+
 @dataclass(frozen=True)
 class Platform:
     os: str
@@ -138,14 +151,11 @@ class Manifest:
         return cls(kind, config, layers, dict(obj.get("annotations") or {}), obj)
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        obj["config"] = self.config.to_json()
-        obj["layers"] = [layer.to_json() for layer in self.layers]
-        if self.annotations:
-            obj["annotations"] = dict(self.annotations)
-        for key, value in self.raw.items():
-            obj.setdefault(key, value)
-        return obj
+        body = {
+            "config": self.config.to_json(),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+        return _document(self.media_type, body, self.annotations, self.raw)
 
     def to_bytes(self) -> bytes:
         return dumps_canonical(self.to_json())
@@ -175,13 +185,8 @@ class Index:
         )
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        obj["manifests"] = [m.to_json() for m in self.manifests]
-        if self.annotations:
-            obj["annotations"] = dict(self.annotations)
-        for key, value in self.raw.items():
-            obj.setdefault(key, value)
-        return obj
+        body = {"manifests": [m.to_json() for m in self.manifests]}
+        return _document(self.media_type, body, self.annotations, self.raw)
 
     def to_bytes(self) -> bytes:
         return dumps_canonical(self.to_json())
