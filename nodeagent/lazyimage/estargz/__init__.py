@@ -17,7 +17,14 @@ from lazyimage.estargz._reader import (
     verify_chunk,
 )
 from lazyimage.estargz._source import detect_compression
-from lazyimage.estargz._toc import TOCEntry, clean_name, parse_toc_json, serialize_toc, toc_digest
+from lazyimage.estargz._toc import (
+    TOCEntry,
+    clean_name,
+    parse_modtime,
+    parse_toc_json,
+    serialize_toc,
+    toc_digest,
+)
 from lazyimage.estargz._writer import BuildOptions, BuildResult, build
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "make_footer",
     "open_toc",
     "parse_footer",
+    "parse_modtime",
     "parse_toc_json",
     "parse_toc_member",
     "read_file",
