@@ -58,6 +58,7 @@ def parse_toc_member(member: bytes, *, toc_offset: int, expected_digest: str = "
     if header.name != names.TOC_TAR_NAME:
         raise FormatError(f"TOC tar entry is {header.name!r}, not {names.TOC_TAR_NAME!r}")
     toc_json = data[_TAR_BLOCK : _TAR_BLOCK + header.size]
+    del data  # a large TOC is tens of MB; keep one copy at a time
     if len(toc_json) != header.size:
         raise FormatError(f"TOC is truncated: {len(toc_json)} of {header.size} bytes")
     digest = toc_digest(toc_json)
