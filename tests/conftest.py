@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.gotools",
     "tests.fixtures.images",
+    "tests.fixtures.agent",
 ]

@@ -21,6 +21,18 @@ class AgentConfig:
     docker_config: Path | None
     insecure_registries: tuple[str, ...]
     cache_size: int
+    prefetch_bandwidth: int  # bytes/s for prefetch and background fill; 0 = unlimited
+    background_fill: bool
+    stall_timeout: float
+    log_level: str
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.state_dir / "mnt"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -73,6 +85,32 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="BYTES",
         help="upper bound of the on-disk chunk cache (LAZYIMAGE_CACHE_SIZE)",
     )
+    parser.add_argument(
+        "--prefetch-bandwidth",
+        type=int,
+        default=int(env.get("LAZYIMAGE_PREFETCH_BANDWIDTH", "0")),
+        metavar="BYTES_PER_S",
+        help="cap on prefetch and background fill, 0 for none (LAZYIMAGE_PREFETCH_BANDWIDTH)",
+    )
+    parser.add_argument(
+        "--background-fill",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("LAZYIMAGE_BACKGROUND_FILL", "true").lower() not in ("0", "false", "no"),
+        help="fetch the rest of each layer in the background (LAZYIMAGE_BACKGROUND_FILL)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=float(env.get("LAZYIMAGE_STALL_TIMEOUT", "2.0")),
+        metavar="SECONDS",
+        help="abandon and retry a range request that makes no progress (LAZYIMAGE_STALL_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("LAZYIMAGE_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="(LAZYIMAGE_LOG_LEVEL)",
+    )
     return parser
 
 
@@ -87,4 +125,8 @@ def parse_config(
         docker_config=args.docker_config,
         insecure_registries=tuple(args.insecure_registry),
         cache_size=args.cache_size,
+        prefetch_bandwidth=args.prefetch_bandwidth,
+        background_fill=args.background_fill,
+        stall_timeout=args.stall_timeout,
+        log_level=args.log_level,
     )

@@ -1,24 +1,87 @@
-"""``lazyimage-agent``: the node agent's entry point."""
+"""``lazyimage-agent``: the node agent.
+
+It mounts one FUSE filesystem under ``<state-dir>/mnt``, where each remote layer is a
+subdirectory, keeps the verified chunk cache under ``<state-dir>/cache``, and serves
+/metrics, /healthz, /readyz, /status and the control API on ``--listen``. SIGTERM or SIGINT
+unmounts and exits cleanly.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 
-from lazyimage.agent.config import parse_config
+import structlog
+import trio
 
-__all__ = ["main"]
+from lazyimage.agent.config import AgentConfig, parse_config
+from lazyimage.agent.control import AgentControl
+from lazyimage.agent.http import AgentHTTPServer
+from lazyimage.agent.layers import LayerManager
+from lazyimage.agent.logging import configure_logging
+from lazyimage.cache import ChunkCache
+from lazyimage.fetch import FetchConfig, TokenBucket
+from lazyimage.fusefs import FuseSession, LayerFilesystem
+from lazyimage.registry import Keychain, RegistryClient
+
+__all__ = ["main", "serve"]
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(config: AgentConfig) -> None:
+    for directory in (config.state_dir, config.cache_dir, config.socket.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    keychain = Keychain.from_docker_config(config.docker_config)
+    cache = await trio.to_thread.run_sync(ChunkCache, config.cache_dir, config.cache_size)
+    fs = LayerFilesystem()
+    bucket = TokenBucket(config.prefetch_bandwidth or None, burst=4 << 20)
+    fetch_config = FetchConfig(stall_timeout=config.stall_timeout)
+    with cache, FuseSession(config.mountpoint, fs) as session:
+        async with (
+            RegistryClient(
+                keychain=keychain, insecure_registries=config.insecure_registries
+            ) as client,
+            trio.open_nursery() as nursery,
+        ):
+            manager = LayerManager(
+                fs,
+                client,
+                cache,
+                nursery,
+                fetch_config=fetch_config,
+                bucket=bucket,
+                background_fill=config.background_fill,
+            )
+            control = AgentControl(manager, cache, str(config.mountpoint))
+            http = AgentHTTPServer(config.listen, control, trio.lowlevel.current_trio_token())
+            await nursery.start(session.serve)
+            http.start()
+            control.is_ready = True
+            log.info("agent_ready", listen=http.address, mountpoint=str(config.mountpoint))
+            try:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("agent_stopping", signal=signal.Signals(signum).name)
+                        break
+            finally:
+                control.is_ready = False
+                http.stop()
+                session.terminate()
+                nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    # The filesystem and snapshotter services are not wired in yet; say so rather than idle.
-    print(
-        f"lazyimage-agent: serving is not available in this version "
-        f"(state {config.state_dir}, socket {config.socket}); see --help",
-        file=sys.stderr,
-    )
-    return 2
+    configure_logging(config.log_level)
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        log.error("agent_failed", error=str(exc))
+        return 1
+    log.info("agent_stopped")
+    return 0
 
 
 if __name__ == "__main__":

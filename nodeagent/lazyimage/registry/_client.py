@@ -433,12 +433,26 @@ class RegistryClient:
         if actual != digest:
             raise op.mismatch(f"content of {sink.size} bytes has digest {actual}")
 
-    async def read_range(self, ref: Reference, digest: str, offset: int, length: int) -> bytes:
+    async def read_range(
+        self,
+        ref: Reference,
+        digest: str,
+        offset: int,
+        length: int,
+        *,
+        stall_timeout: float | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> bytes:
         """Exactly the bytes ``[offset, offset + length)`` of a blob.
 
         The answer must be a 206 whose Content-Range is that range, else
         RangeNotSupportedError. A short body is retried. Not verified: the caller checks the
         chunk digests it knows.
+
+        ``stall_timeout`` abandons an attempt when no byte arrives (or no connection is made)
+        for that long, and retries it under the policy, so a stalled server costs about that
+        much rather than the client's whole timeout. ``on_retry`` is called with the cause
+        before each retry.
         """
         if offset < 0 or length < 0:
             raise ValueError(f"invalid range offset={offset} length={length}")
@@ -448,13 +462,16 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest}, range {offset}-{last}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
         headers = {**_IDENTITY, "Range": f"bytes={offset}-{last}"}
+        timeout = self._stall_timeout(stall_timeout)
 
         async def attempt(endpoint: _Endpoint) -> bytes:
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:
                 try:
-                    async with self._open(endpoint, "GET", cached, headers) as resp:
+                    async with self._open(
+                        endpoint, "GET", cached, headers, timeout=timeout
+                    ) as resp:
                         if resp.status_code not in (401, 403):
                             return await self._take_range(op, endpoint, resp, offset, length)
                 except (httpx.TransportError, _Retryable):
@@ -467,12 +484,31 @@ class RegistryClient:
                 )
                 self._locations.pop(key, None)
             url = self._url(endpoint, path)
-            async with self._open(endpoint, "GET", url, headers) as resp:
+            async with self._open(endpoint, "GET", url, headers, timeout=timeout) as resp:
                 if resp.url != url and resp.status_code == 206:
                     self._remember_location(key, resp.url)
                 return await self._take_range(op, endpoint, resp, offset, length)
 
-        return await self._pull(ref, op, attempt, bounded=True)
+        return await self._pull(ref, op, attempt, bounded=True, on_retry=on_retry)
+
+    def _stall_timeout(self, stall_timeout: float | None) -> httpx.Timeout | None:
+        """The client's timeouts with connect, read and write cut to ``stall_timeout``.
+
+        httpx applies the read timeout to each socket read, headers included, so it fires
+        when no byte has arrived for that long, however long the whole body takes.
+        """
+        if stall_timeout is None:
+            return None
+        if stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
+        base = self._http.timeout
+
+        def cut(value: float | None) -> float:
+            return stall_timeout if value is None else min(value, stall_timeout)
+
+        return httpx.Timeout(
+            connect=cut(base.connect), read=cut(base.read), write=cut(base.write), pool=base.pool
+        )
 
     def _remember_location(self, key: tuple[str, str, str], url: httpx.URL) -> None:
         self._locations[key] = url
@@ -651,6 +687,7 @@ class RegistryClient:
         attempt: Callable[[_Endpoint], Awaitable[T]],
         *,
         bounded: bool,
+        on_retry: Callable[[str], None] | None = None,
     ) -> T:
         """Run a read-only operation on each mirror once, then on the registry with retries."""
         for mirror in self._mirrors.get(ref.registry, ()):
@@ -662,7 +699,12 @@ class RegistryClient:
             except RegistryError as exc:
                 log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
         return await self._retrying(
-            op, self._upstream(ref.registry), attempt, self.retry, bounded=bounded
+            op,
+            self._upstream(ref.registry),
+            attempt,
+            self.retry,
+            bounded=bounded,
+            on_retry=on_retry,
         )
 
     async def _retrying(
@@ -673,6 +715,7 @@ class RegistryClient:
         policy: RetryPolicy,
         *,
         bounded: bool,
+        on_retry: Callable[[str], None] | None = None,
     ) -> T:
         """Attempts under ``policy``. With ``bounded`` the whole operation is also cut off at
         ``total_timeout``; without (whole-blob transfers, whose time grows with their size)
@@ -702,6 +745,8 @@ class RegistryClient:
                 delay = state.next_delay(retry_after)
                 if delay is None:
                     break
+                if on_retry is not None:
+                    on_retry(cause)
                 log.debug(
                     "%s: attempt %d failed (%s); retrying in %.2f s",
                     op.what,
@@ -727,6 +772,8 @@ class RegistryClient:
         url: httpx.URL,
         headers: Mapping[str, str],
         content: bytes | AsyncIterator[bytes] | None = None,
+        *,
+        timeout: httpx.Timeout | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the streamed response, following redirects by hand.
 
@@ -738,7 +785,13 @@ class RegistryClient:
         try:
             for _ in range(_MAX_REDIRECTS + 1):
                 auth = self._auth if url.netloc == endpoint.base.netloc else None
-                request = self._http.build_request(method, url, headers=headers, content=content)
+                request = self._http.build_request(
+                    method,
+                    url,
+                    headers=headers,
+                    content=content,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
                 response = await self._http.send(request, auth=auth, stream=True)
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECT_STATUSES or not location:

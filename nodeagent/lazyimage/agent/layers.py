@@ -1,0 +1,232 @@
+"""Remote layers on this node: mount (TOC, tree, fetcher, priority-zone prefetch), unmount,
+and prefetch without mounting.
+
+A layer is named by its digest's hex; the same layer mounted for two images is one mount
+with a reference count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from lazyimage import errors, metrics
+from lazyimage.cache import ChunkCache
+from lazyimage.estargz import Chunk, TOCLoader
+from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, RegistrySource, TokenBucket
+from lazyimage.fusefs import LayerFilesystem
+from lazyimage.layer import ROOT, AccessRecorder, LayerTree, RemoteLayer
+from lazyimage.oci import is_digest
+from lazyimage.registry import Reference, RegistryClient
+
+__all__ = ["LayerManager", "LayerSpec", "MountedLayer"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What names a remote layer: the image it belongs to, its digest, and its TOC digest."""
+
+    ref: Reference
+    digest: str
+    toc_digest: str
+    size: int = 0  # 0: ask the registry
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> LayerSpec:
+        try:
+            ref = Reference.parse(str(request["ref"]))
+            digest = str(request["digest"])
+            toc_digest = str(request["tocDigest"])
+            size = int(request.get("size") or 0)
+        except (KeyError, ValueError, TypeError, errors.InvalidReferenceError) as exc:
+            raise ValueError(f"need ref, digest and tocDigest: {exc}") from exc
+        if not is_digest(digest) or not is_digest(toc_digest):
+            raise ValueError("digest and tocDigest must be sha256:<64 hex>")
+        return cls(ref, digest, toc_digest, size)
+
+    @property
+    def name(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+
+@dataclass
+class MountedLayer:
+    spec: LayerSpec
+    size: int
+    path: Path
+    tree: LayerTree
+    fetcher: LayerFetcher
+    recorder: AccessRecorder
+    mounted_at: float
+    users: int = 1
+    prefetch_done: trio.Event = field(default_factory=trio.Event)
+    prefetch_error: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "ref": str(self.spec.ref),
+            "digest": self.spec.digest,
+            "tocDigest": self.spec.toc_digest,
+            "path": str(self.path),
+            "size": self.size,
+            "prefetchZone": self.tree.prefetch_zone,
+            "prefetchDone": self.prefetch_done.is_set(),
+            "prefetchError": self.prefetch_error,
+            "fetchedBytes": self.fetcher.fetched_bytes,
+            "users": self.users,
+        }
+
+
+class LayerManager:
+    def __init__(
+        self,
+        fs: LayerFilesystem,
+        client: RegistryClient,
+        cache: ChunkCache,
+        nursery: trio.Nursery,
+        *,
+        fetch_config: FetchConfig | None = None,
+        bucket: TokenBucket | None = None,
+        background_fill: bool = True,
+    ) -> None:
+        self._fs = fs
+        self._client = client
+        self._cache = cache
+        self._nursery = nursery
+        self._config = fetch_config or FetchConfig()
+        self._bucket = bucket
+        self._background = background_fill
+        self._layers: dict[str, MountedLayer] = {}
+        self._lock = trio.Lock()
+
+    def get(self, name: str) -> MountedLayer:
+        layer = self._layers.get(name)
+        if layer is None:
+            raise errors.NotFoundError(f"no layer {name} is mounted")
+        return layer
+
+    def all(self) -> list[MountedLayer]:
+        return list(self._layers.values())
+
+    async def mount(self, spec: LayerSpec, *, background: bool | None = None) -> MountedLayer:
+        async with self._lock:
+            existing = self._layers.get(spec.name)
+            if existing is not None:
+                existing.users += 1
+                return existing
+            started = time.monotonic()
+            fetcher, tree, size = await self._open(spec)
+            recorder = AccessRecorder()
+
+            async def read_chunks(chunks: Sequence[Chunk]) -> list[bytes]:
+                return await fetcher.read(chunks, Priority.DEMAND)
+
+            layer = RemoteLayer(tree, read_chunks, recorder)
+            path = self._fs.add_layer(spec.name, layer)
+            mounted = MountedLayer(spec, size, path, tree, fetcher, recorder, time.monotonic())
+            self._layers[spec.name] = mounted
+            log.info(
+                "layer_mounted",
+                layer=spec.digest,
+                ref=str(spec.ref),
+                nodes=tree.node_count,
+                prefetch_zone=tree.prefetch_zone,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        fill = self._background if background is None else background
+        self._nursery.start_soon(self._prefetch_layer, mounted, fill)
+        return mounted
+
+    async def unmount(self, name: str) -> None:
+        async with self._lock:
+            layer = self.get(name)
+            layer.users -= 1
+            if layer.users > 0:
+                return
+            del self._layers[name]
+            self._fs.remove_layer(name)
+            layer.fetcher.close()
+            metrics.forget_layer(layer.spec.digest)
+            log.info("layer_unmounted", layer=layer.spec.digest)
+
+    async def prefetch(self, spec: LayerSpec, paths: list[str] | None) -> dict[str, Any]:
+        """Fetch a layer's priority zone, or the named files, into the cache; mount nothing."""
+        mounted = self._layers.get(spec.name)
+        if mounted is not None:
+            fetcher, tree = mounted.fetcher, mounted.tree
+        else:
+            fetcher, tree, _ = await self._open(spec)
+        try:
+            chunks = _chunks_of(tree, paths) if paths else _zone_chunks(tree)
+            before = fetcher.fetched_bytes
+            await fetcher.prefetch(chunks, Priority.PREFETCH)
+            return {
+                "digest": spec.digest,
+                "chunks": len(chunks),
+                "fetchedBytes": fetcher.fetched_bytes - before,
+            }
+        finally:
+            if mounted is None:
+                fetcher.close()
+
+    async def _open(self, spec: LayerSpec) -> tuple[LayerFetcher, LayerTree, int]:
+        """Read and verify the layer's TOC (two range reads at most) and index it."""
+        size = spec.size or await self._client.blob_size(spec.ref, spec.digest)
+        source = RegistrySource(
+            self._client, spec.ref, spec.digest, size, stall_timeout=self._config.stall_timeout
+        )
+        loader = TOCLoader(size, expected_digest=spec.toc_digest)
+        tail = await source.read(*loader.tail_range)
+        toc_bytes = len(tail)
+        rest = loader.feed_tail(tail)
+        if rest is not None:
+            loader.feed_rest(await source.read(*rest))
+            toc_bytes += rest[1]
+        # Parsing a large TOC takes a while; the TOC is dropped once the tree is built.
+        tree = await trio.to_thread.run_sync(lambda: LayerTree(loader.toc()))
+        metrics.FETCHED_BYTES.labels(spec.digest, "toc").inc(toc_bytes)
+        fetcher = LayerFetcher(source, self._cache, spec.digest, self._config, self._bucket)
+        return fetcher, tree, size
+
+    async def _prefetch_layer(self, layer: MountedLayer, background: bool) -> None:
+        try:
+            await layer.fetcher.prefetch(_zone_chunks(layer.tree), Priority.PREFETCH)
+            layer.prefetch_done.set()
+            if background:
+                await layer.fetcher.prefetch(list(layer.tree.all_chunks()), Priority.BACKGROUND)
+        except errors.LazyImageError as exc:
+            # Prefetch is an optimisation: reads still fetch on demand.
+            layer.prefetch_error = str(exc)
+            log.warning("prefetch_failed", layer=layer.spec.digest, error=str(exc))
+        finally:
+            layer.prefetch_done.set()
+
+
+def _zone_chunks(tree: LayerTree) -> list[Chunk]:
+    zone = tree.prefetch_zone
+    if not zone:
+        return []
+    return [c for c in tree.all_chunks() if c.end <= zone]
+
+
+def _chunks_of(tree: LayerTree, paths: list[str]) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for path in paths:
+        node_id: int | None = ROOT
+        for part in path.strip("/").split("/"):
+            if node_id is None:
+                break
+            node_id = tree.lookup(node_id, part.encode("utf-8", "surrogateescape"))
+        if node_id is None:
+            raise errors.NotFoundError(f"no file {path!r} in the layer")
+        chunks.extend(tree.chunks_for(node_id, 0, tree.size(node_id)))
+    return chunks

@@ -1,0 +1,28 @@
+"""The fetch scheduler: verified chunks of remote layers, fetched once, in merged ranges.
+
+    source = RegistrySource(client, ref, layer.digest, layer.size, stall_timeout=2.0)
+    fetcher = LayerFetcher(source, cache, layer.digest, FetchConfig(), bucket)
+    data = await fetcher.read(toc.chunks_for_range(node, offset, size))
+    await fetcher.prefetch(chunks_in_zone)          # into the cache, bandwidth-capped
+
+On-demand reads come first; prefetch and background fill wait while demand is queued or in
+flight, and share one TokenBucket. Concurrent reads of a chunk share one fetch. Every byte
+handed out or cached was verified against its chunk digest, in a worker thread.
+"""
+
+from lazyimage.fetch._bandwidth import TokenBucket
+from lazyimage.fetch._config import ChunkStore, FetchConfig
+from lazyimage.fetch._fetcher import LayerFetcher
+from lazyimage.fetch._scheduler import Priority, PriorityGate
+from lazyimage.fetch._source import RangeSource, RegistrySource
+
+__all__ = [
+    "ChunkStore",
+    "FetchConfig",
+    "LayerFetcher",
+    "Priority",
+    "PriorityGate",
+    "RangeSource",
+    "RegistrySource",
+    "TokenBucket",
+]

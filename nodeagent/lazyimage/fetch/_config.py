@@ -1,0 +1,39 @@
+"""The fetcher's settings, and what it needs of the chunk cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ChunkStore", "FetchConfig"]
+
+
+class ChunkStore(Protocol):
+    """What the fetcher needs of the chunk cache (lazyimage.cache.ChunkCache). ``read`` and
+    ``put`` are called from worker threads and ``contains`` on the event loop: the store
+    must be thread-safe, and ``contains`` must not do I/O."""
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> bytes | None: ...
+
+    def contains(self, digest: str) -> bool: ...
+
+    def put(self, digest: str, data: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How one layer is fetched. Give ``stall_timeout`` to RegistrySource too: it checks
+    progress byte by byte, while the fetcher can only bound a whole source read (at
+    ``stall_timeout`` plus 1 s per 64 KiB asked), a safety net for other sources."""
+
+    stall_timeout: float = 2.0  # a range request with no progress for this long is retried
+    demand_deadline: float = 30.0  # a demand read not served by then raises UnavailableError
+    max_range: int = 16 << 20  # merged ranges are at most this big
+    max_requests: int = 8  # concurrent range requests per layer
+    merge_gap: int = 64 << 10  # chunks this close in the blob share a request
+
+    def __post_init__(self) -> None:
+        if not self.stall_timeout > 0 or not self.demand_deadline > 0:
+            raise ValueError("stall_timeout and demand_deadline must be positive")
+        if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
+            raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")

@@ -1,0 +1,515 @@
+"""LayerFetcher: verified chunks of one layer, from the cache or fetched in merged ranges.
+
+A chunk is fetched by exactly one flight, keyed by its digest (see _flights). The task that
+finds a chunk neither cached nor in flight claims it; everyone else who needs it waits on
+the flight. The claimer fetches the gzip members of all its chunks in merged range
+requests, verifies them in worker threads, hands the bytes to the waiters, then stores them
+in the cache. A claimer that is cancelled abandons its flights; their waiters claim again.
+
+Demand reads fetch at once. Prefetch and background fill claim one span at a time, only
+when no higher-priority fetch is queued or in flight (PriorityGate) and after the token
+bucket allowed the span's bytes, so a reader never waits behind a throttled request.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+
+import anyio
+import structlog
+
+from lazyimage import metrics
+from lazyimage.errors import LazyImageError, UnavailableError, VerificationError
+from lazyimage.estargz import Chunk
+from lazyimage.fetch._bandwidth import TokenBucket
+from lazyimage.fetch._config import ChunkStore, FetchConfig
+from lazyimage.fetch._flights import (
+    ABANDONED,
+    Download,
+    Flight,
+    FlightTable,
+    by_member,
+    member_of,
+)
+from lazyimage.fetch._ranges import ByteRange, Span, merge_ranges
+from lazyimage.fetch._scheduler import Priority, PriorityGate, shared_gate
+from lazyimage.fetch._source import RangeSource
+from lazyimage.fetch._verify import batches, verify_all
+from lazyimage.fetch._writer import CacheWriter, shared_writer
+
+__all__ = ["LayerFetcher"]
+
+log = structlog.get_logger("lazyimage.fetch")
+
+# Ranges of one prefetch in flight together: one downloads while the other is verified.
+_PREFETCH_PARALLEL = 2
+# A source read that takes longer than stall_timeout + length / this is abandoned. A
+# safety net for sources without their own stall check; RegistrySource has a finer one.
+_MIN_RATE = 64 << 10
+_RETRY_BASE_DELAY = 0.2
+_RETRY_MAX_DELAY = 2.0
+
+_DEFAULT_CONFIG = FetchConfig()
+
+# A member's bytes, with the flights of the chunks it holds.
+_Item = tuple[ByteRange, list[Flight], bytes]
+
+
+def _describe(chunks: Sequence[Chunk]) -> str:
+    first = chunks[0]
+    more = f" and {len(chunks) - 1} more chunk(s)" if len(chunks) > 1 else ""
+    return f"{first.path!r} at offset {first.chunk_offset}{more}"
+
+
+class LayerFetcher:
+    """Serves verified chunks of one layer blob. One per layer, shared by all its readers.
+
+    ``gate`` orders fetches by priority; by default all fetchers of the event loop share
+    one, so demand on any layer holds back prefetch on every layer. ``bucket`` caps
+    prefetch and background bytes; share one between all layers. ``writer`` runs the cache
+    writes that demand reads do not wait for (default: one pool for the process).
+    """
+
+    def __init__(
+        self,
+        source: RangeSource,
+        cache: ChunkStore,
+        layer_digest: str,
+        config: FetchConfig = _DEFAULT_CONFIG,
+        bucket: TokenBucket | None = None,
+        *,
+        gate: PriorityGate | None = None,
+        writer: CacheWriter | None = None,
+    ) -> None:
+        self.source = source
+        self.cache = cache
+        self.layer = layer_digest
+        self.config = config
+        self.bucket = bucket
+        self._gate = gate
+        self._writer = writer if writer is not None else shared_writer()
+        self._table = FlightTable()
+        self._lock = threading.Lock()  # for state that writer threads touch too
+        self._writes: set[Future[None]] = set()
+        self._covered: set[int] = set()
+        self._covered_bytes = 0
+        self._requests: anyio.Semaphore | None = None
+        self._fetched = 0
+        self._last_failure = ""
+        self._prefetches: set[anyio.CancelScope] = set()
+        self._closed = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def fetched_bytes(self) -> int:
+        """Compressed bytes this fetcher received from its source, for any reason."""
+        return self._fetched
+
+    async def read(
+        self, chunks: Sequence[Chunk], priority: Priority = Priority.DEMAND
+    ) -> list[bytes]:
+        """The verified, uncompressed bytes of each chunk, in order.
+
+        A demand read that cannot be served within ``demand_deadline`` raises
+        UnavailableError; a chunk that fails verification twice raises VerificationError.
+        Other priorities wait their turn and take their bytes from the bucket first.
+        """
+        self._check_open()
+        if not chunks:
+            return []
+        deadline = self.config.demand_deadline if priority is Priority.DEMAND else math.inf
+        found: dict[str, bytes] = {}
+        with anyio.move_on_after(deadline) as scope:
+            if priority is not Priority.DEMAND:
+                await self._wait_turn(priority, self._uncached_bytes(chunks))
+            await self._gather(chunks, priority, found)
+        if scope.cancelled_caught:
+            cause = f"; last failure: {self._last_failure}" if self._last_failure else ""
+            raise UnavailableError(
+                f"{_describe(chunks)} not served within {deadline:g} s{cause}",
+                what=f"layer {self.layer}",
+            )
+        return [found[chunk.digest] for chunk in chunks]
+
+    async def prefetch(
+        self, chunks: Sequence[Chunk], priority: Priority = Priority.PREFETCH
+    ) -> None:
+        """Fetch ``chunks`` into the cache, skipping cached ones, in ranges of up to
+        ``max_range``, each after higher priorities went idle and the bucket allowed it.
+
+        A range that fails does not stop the others; the first failure is raised at the
+        end. ``close()`` ends a running prefetch quietly.
+        """
+        if priority is Priority.DEMAND:
+            raise ValueError("prefetch runs at PREFETCH or BACKGROUND priority")
+        self._check_open()
+        members: dict[ByteRange, list[Chunk]] = {}
+        for chunk in self._wanted(chunks):
+            members.setdefault(member_of(chunk), []).append(chunk)
+        spans = merge_ranges(members, max_gap=self.config.merge_gap, max_size=self.config.max_range)
+        failures: list[LazyImageError] = []
+        with anyio.CancelScope() as scope:
+            self._prefetches.add(scope)
+            try:
+                async with anyio.create_task_group() as group:
+                    slots = anyio.Semaphore(_PREFETCH_PARALLEL)
+                    for span in spans:
+                        await slots.acquire()
+                        claimed = await self._claim_span(span, members, priority)
+                        if not claimed:
+                            slots.release()
+                            continue
+                        group.start_soon(self._prefetch_span, claimed, priority, slots, failures)
+            finally:
+                self._prefetches.discard(scope)
+        if failures and not self._closed:
+            raise failures[0]
+
+    async def flush(self) -> None:
+        """Wait until every chunk this fetcher handed to the cache writer is written."""
+        with self._lock:
+            pending = list(self._writes)
+        if pending:
+            await anyio.to_thread.run_sync(wait_futures, pending)
+
+    def close(self) -> None:
+        """Refuse new reads and end running prefetches. Reads in progress finish; cache
+        writes already queued complete in the background (``flush`` waits for them).
+        Metric label sets stay until ``lazyimage.metrics.forget_layer``."""
+        self._closed = True
+        for scope in list(self._prefetches):
+            scope.cancel()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UnavailableError("the layer's fetcher is closed", what=f"layer {self.layer}")
+
+    def _gate_now(self) -> PriorityGate:
+        if self._gate is None:
+            self._gate = shared_gate()
+        return self._gate
+
+    async def _gather(
+        self, chunks: Sequence[Chunk], priority: Priority, found: dict[str, bytes]
+    ) -> None:
+        wanted = {chunk.digest: chunk for chunk in chunks}
+        unreadable: set[str] = set()  # indexed by the cache, but its read failed
+        while missing := [c for digest, c in wanted.items() if digest not in found]:
+            claim = self._table.claim(missing, self.cache, unreadable)
+            if claim.hits:
+                loaded = await anyio.to_thread.run_sync(self._load, claim.hits)
+                found.update(loaded)
+                unreadable.update(c.digest for c in claim.hits if c.digest not in loaded)
+            flights = [*claim.owned, *claim.waits]
+            if flights:
+                metrics.CACHE_MISSES.labels(self.layer).inc(len(flights))
+            async with anyio.create_task_group() as group:
+                if claim.owned:
+                    group.start_soon(self._fetch, claim.owned, priority)
+                for flight in flights:
+                    await flight.done.wait()
+            for flight in flights:
+                if flight.data is not None:
+                    found[flight.chunk.digest] = flight.data
+                elif flight.error is not ABANDONED and flight.error is not None:
+                    raise flight.error
+                # An abandoned flight is claimed again on the next round.
+
+    def _load(self, chunks: list[Chunk]) -> dict[str, bytes]:
+        """Runs in a worker thread: read cache hits (a chunk evicted meanwhile is left out)."""
+        loaded: dict[str, bytes] = {}
+        for chunk in chunks:
+            data = self.cache.read(chunk.digest)
+            if data is not None and len(data) == chunk.size:
+                loaded[chunk.digest] = data
+                self._cover(member_of(chunk))
+        if loaded:
+            metrics.CACHE_HITS.labels(self.layer).inc(len(loaded))
+        return loaded
+
+    def _wanted(self, chunks: Iterable[Chunk]) -> list[Chunk]:
+        """One chunk per digest, among those neither cached nor in flight."""
+        seen: dict[str, Chunk] = {}
+        for chunk in chunks:
+            if chunk.digest in seen or chunk.digest in self._table:
+                continue
+            if self.cache.contains(chunk.digest):
+                self._cover(member_of(chunk))
+                continue
+            seen[chunk.digest] = chunk
+        return list(seen.values())
+
+    def _uncached_bytes(self, chunks: Sequence[Chunk]) -> int:
+        return sum(member.length for member in {member_of(c) for c in self._wanted(chunks)})
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    async def _wait_turn(self, priority: Priority, size: int) -> None:
+        """Let higher priorities go first, then take ``size`` bytes from the bucket."""
+        gate = self._gate_now()
+        await gate.wait_turn(priority)
+        if self.bucket is not None and size:
+            await self.bucket.take(size)
+            # Demand may have arrived while the bucket refilled.
+            await gate.wait_turn(priority)
+
+    async def _claim_span(
+        self, span: Span, members: dict[ByteRange, list[Chunk]], priority: Priority
+    ) -> list[Flight]:
+        """Wait for this span's turn, then claim what of it is still needed."""
+        needed = [part for part in span.parts if self._needs(members[part])]
+        if not needed:
+            return []
+        await self._wait_turn(priority, max(p.end for p in needed) - needed[0].offset)
+        claim = self._table.claim((c for p in needed for c in members[p]), self.cache)
+        for chunk in claim.hits:
+            self._cover(member_of(chunk))
+        return claim.owned
+
+    def _needs(self, chunks: list[Chunk]) -> bool:
+        return any(
+            c.digest not in self._table and not self.cache.contains(c.digest) for c in chunks
+        )
+
+    async def _prefetch_span(
+        self,
+        flights: list[Flight],
+        priority: Priority,
+        slots: anyio.Semaphore,
+        failures: list[LazyImageError],
+    ) -> None:
+        try:
+            await self._fetch(flights, priority)
+        finally:
+            slots.release()
+        failures.extend(f.error for f in flights if isinstance(f.error, LazyImageError))
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _fetch(self, flights: list[Flight], priority: Priority) -> None:
+        """Fetch claimed flights. Never raises LazyImageError: outcomes go to the flights.
+
+        Members already being downloaded for other chunks are taken from that download;
+        the rest go in merged spans, all at once.
+        """
+        try:
+            members = by_member(flights)
+            joined = {m: (d, fs) for m, fs in members.items() if (d := self._table.download_of(m))}
+            own = {m: fs for m, fs in members.items() if m not in joined}
+            spans = merge_ranges(own, max_gap=self.config.merge_gap, max_size=self.config.max_range)
+            with self._gate_now().active(priority):
+                async with anyio.create_task_group() as group:
+                    for member, (download, waiting) in joined.items():
+                        group.start_soon(self._join, member, download, waiting, priority)
+                    for span in spans:
+                        parts = {part: own[part] for part in span.parts}
+                        # Started now, not when the task runs, so claims in between see them.
+                        downloads = self._table.start_downloads(parts)
+                        group.start_soon(self._fetch_span, span.range, parts, downloads, priority)
+        finally:
+            self._table.abandon(flights)
+
+    async def _fetch_span(
+        self,
+        span: ByteRange,
+        parts: dict[ByteRange, list[Flight]],
+        downloads: dict[ByteRange, Download],
+        priority: Priority,
+    ) -> None:
+        """One range request for ``parts``; share each member's bytes with those who
+        joined its download; then verify, deliver and store the chunks."""
+        try:
+            data = await self._download(span, priority)
+        except LazyImageError as exc:
+            self._table.end_downloads(downloads, error=exc)
+            for flights in parts.values():
+                for flight in flights:
+                    self._table.fail(flight, exc)
+            return
+        except BaseException:
+            self._table.end_downloads(downloads, error=ABANDONED)
+            raise
+        pieces = {m: data[m.offset - span.offset : m.end - span.offset] for m in parts}
+        self._table.end_downloads(downloads, pieces=pieces)
+        await self._deliver([(m, flights, pieces[m]) for m, flights in parts.items()], priority)
+
+    async def _join(
+        self, member: ByteRange, download: Download, flights: list[Flight], priority: Priority
+    ) -> None:
+        """Verify our chunks from a member that another flight is downloading."""
+        await download.done.wait()
+        if download.data is not None:
+            await self._deliver([(member, flights, download.data)], priority)
+        elif download.error is ABANDONED:
+            parts = {member: flights}
+            downloads = self._table.start_downloads(parts)
+            await self._fetch_span(member, parts, downloads, priority)
+        else:
+            for flight in flights:
+                self._table.fail(flight, download.error or ABANDONED)
+
+    async def _download(self, span: ByteRange, priority: Priority) -> bytes:
+        """The span's bytes, retrying transient failures with backoff for up to
+        ``demand_deadline`` (a demand read's own deadline may end it sooner)."""
+        started = anyio.current_time()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._request(span, priority)
+            except UnavailableError as exc:
+                self._last_failure = str(exc)
+                # Capped exponential backoff, jittered so that layers do not retry in step.
+                delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2 ** (attempt - 1))
+                delay *= 0.5 + random.random() / 2
+                elapsed = anyio.current_time() - started
+                if elapsed + delay >= self.config.demand_deadline:
+                    raise UnavailableError(
+                        f"gave up after {attempt} attempts in {elapsed:.1f} s: {exc}",
+                        what=f"layer {self.layer}, range {span.offset}-{span.end - 1}",
+                    ) from exc
+                metrics.FETCH_RETRIES.labels(self.layer).inc()
+                log.debug("fetch.retry", layer=self.layer, delay=round(delay, 3), error=str(exc))
+                await anyio.sleep(delay)
+
+    async def _request(self, span: ByteRange, priority: Priority) -> bytes:
+        if self._requests is None:
+            self._requests = anyio.Semaphore(self.config.max_requests)
+        limit = self.config.stall_timeout + span.length / _MIN_RATE
+        async with self._requests:
+            metrics.FETCH_IN_FLIGHT.inc()
+            started = anyio.current_time()
+            try:
+                with anyio.move_on_after(limit) as watchdog:
+                    data = await self.source.read(span.offset, span.length)
+            finally:
+                metrics.FETCH_IN_FLIGHT.dec()
+                elapsed = anyio.current_time() - started
+                metrics.FETCH_DURATION.labels(priority.reason).observe(elapsed)
+        what = f"layer {self.layer}, range {span.offset}-{span.end - 1}"
+        if watchdog.cancelled_caught:
+            raise UnavailableError(f"no answer within {limit:.1f} s", what=what)
+        if len(data) != span.length:
+            raise UnavailableError(f"got {len(data)} of {span.length} bytes", what=what)
+        metrics.FETCHED_BYTES.labels(self.layer, priority.reason).inc(len(data))
+        self._fetched += len(data)
+        return data
+
+    # -- verifying and storing ---------------------------------------------------------------
+
+    async def _deliver(self, items: list[_Item], priority: Priority) -> None:
+        """Verify chunks from their members' bytes, in batches on worker threads. A member
+        with a chunk that fails is fetched again, once, on its own."""
+        failed: list[tuple[ByteRange, list[Flight]]] = []
+        async with anyio.create_task_group() as group:
+            for batch in batches(items):
+                group.start_soon(self._verify_batch, batch, priority, failed, False)
+        for member, flights in failed:
+            try:
+                again = await self._download(member, priority)
+            except LazyImageError as exc:
+                for flight in flights:
+                    self._table.fail(flight, exc)
+                continue
+            await self._verify_batch([(member, flights, again)], priority, [], True)
+
+    async def _verify_batch(
+        self,
+        items: list[_Item],
+        priority: Priority,
+        failed: list[tuple[ByteRange, list[Flight]]],
+        last_try: bool,
+    ) -> None:
+        work = [(flight.chunk, data) for _, flights, data in items for flight in flights]
+        results = iter(await anyio.to_thread.run_sync(verify_all, work))
+        verified: list[Flight] = []
+        for member, flights, _ in items:
+            bad: list[Flight] = []
+            for flight in flights:
+                result = next(results)
+                if isinstance(result, bytes):
+                    self._table.deliver(flight, result)
+                    verified.append(flight)
+                else:
+                    self._verification_failed(flight, result, last_try)
+                    bad.append(flight)
+            if len(bad) < len(flights):
+                self._cover(member)
+            if bad and not last_try:
+                failed.append((member, bad))
+        if verified:
+            await self._store(verified, priority)
+
+    def _verification_failed(self, flight: Flight, exc: LazyImageError, last_try: bool) -> None:
+        chunk = flight.chunk
+        metrics.VERIFICATION_FAILURES.labels(self.layer).inc()
+        fields = {
+            "layer": self.layer,
+            "path": chunk.path,
+            "offset": chunk.chunk_offset,
+            "blob_range": f"{chunk.offset}-{chunk.end - 1}",
+            "error": str(exc),
+        }
+        if not last_try:
+            log.warning("fetch.chunk_verification_failed", refetch=True, **fields)
+            return
+        log.error("fetch.chunk_verification_failed", refetch=False, **fields)
+        error = VerificationError(
+            f"layer {self.layer}: chunk of {chunk.path!r} at offset {chunk.chunk_offset} "
+            f"(blob bytes {chunk.offset}-{chunk.end - 1}) failed verification twice: {exc}"
+        )
+        error.__cause__ = exc
+        self._table.fail(flight, error)
+
+    async def _store(self, flights: list[Flight], priority: Priority) -> None:
+        """Put verified chunks in the cache, in one worker-thread call. Demand reads do not
+        wait for the writes unless the writer is behind; prefetch always waits, which paces
+        it to the disk."""
+
+        def put() -> None:
+            for flight in flights:
+                try:
+                    assert flight.data is not None
+                    self.cache.put(flight.chunk.digest, flight.data)
+                except Exception:
+                    log.exception("fetch.cache_put_failed", layer=self.layer)
+                finally:
+                    self._table.forget(flight)
+
+        if priority is Priority.DEMAND and self._writer.has_room():
+            size = sum(len(flight.data or b"") for flight in flights)
+            future = self._writer.submit(put, size)
+            with self._lock:
+                self._writes.add(future)
+            future.add_done_callback(self._written)
+            return
+        try:
+            await anyio.to_thread.run_sync(put)
+        finally:
+            # Cancelled before the thread ran: the chunks stay uncached, not stuck in flight.
+            for flight in flights:
+                self._table.forget(flight)
+
+    def _written(self, future: Future[None]) -> None:
+        with self._lock:
+            self._writes.discard(future)
+
+    def _cover(self, member: ByteRange) -> None:
+        """Count a member as fetched or cached, for the layer's fetched ratio."""
+        with self._lock:
+            if member.offset in self._covered:
+                return
+            self._covered.add(member.offset)
+            self._covered_bytes += member.length
+            covered = self._covered_bytes
+        if self.source.size > 0:
+            ratio = min(1.0, covered / self.source.size)
+            metrics.LAYER_FETCHED_RATIO.labels(self.layer).set(ratio)

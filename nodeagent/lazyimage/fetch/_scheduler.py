@@ -1,0 +1,71 @@
+"""Priorities, and the gate that makes lower-priority fetches wait for higher ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["Priority", "PriorityGate", "shared_gate"]
+
+
+class Priority(IntEnum):
+    """Why bytes are fetched; a lower value goes first."""
+
+    DEMAND = 0  # a reader is waiting for them
+    PREFETCH = 1  # the layer's prioritized zone, or files an order named
+    BACKGROUND = 2  # filling in the rest of the layer
+
+    @property
+    def reason(self) -> str:
+        """The ``reason`` label of the fetch metrics."""
+        return self.name.lower()
+
+
+class PriorityGate:
+    """Counts the fetches active at each priority. ``wait_turn(p)`` returns once nothing of
+    a higher priority is queued or in flight; lower priorities call it between their ranges,
+    so on-demand reads never queue behind a prefetch for long.
+    """
+
+    def __init__(self) -> None:
+        self._active = [0] * len(Priority)
+        self._changed: anyio.Event | None = None
+
+    def busy_above(self, priority: Priority) -> bool:
+        return any(self._active[:priority])
+
+    @contextmanager
+    def active(self, priority: Priority) -> Iterator[None]:
+        self._active[priority] += 1
+        try:
+            yield
+        finally:
+            self._active[priority] -= 1
+            if self._changed is not None:
+                self._changed.set()
+                self._changed = None
+
+    async def wait_turn(self, priority: Priority) -> None:
+        await anyio.lowlevel.checkpoint()
+        while self.busy_above(priority):
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+
+_SHARED = anyio.lowlevel.RunVar[PriorityGate]("lazyimage_fetch_gate")
+
+
+def shared_gate() -> PriorityGate:
+    """The gate of the running event loop, shared by every fetcher that was given none, so
+    a demand read on one layer also holds back prefetch on the others."""
+    try:
+        return _SHARED.get()
+    except LookupError:
+        gate = PriorityGate()
+        _SHARED.set(gate)
+        return gate

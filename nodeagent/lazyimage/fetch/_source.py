@@ -1,0 +1,73 @@
+"""Where a layer's compressed bytes come from: the RangeSource protocol and a registry."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from lazyimage import metrics
+from lazyimage.registry import Reference, RegistryClient
+
+__all__ = ["RangeSource", "RegistrySource"]
+
+
+class RangeSource(Protocol):
+    """A blob read by ranges. Implementations retry what is worth retrying themselves and
+    raise ``lazyimage.errors.UnavailableError`` when a failure may pass, another
+    ``LazyImageError`` when it will not."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Exactly the bytes ``[offset, offset + length)``."""
+        ...
+
+
+class RegistrySource:
+    """A layer blob in a registry, read with range GETs through a shared RegistryClient.
+
+    A request that makes no progress for ``stall_timeout`` seconds (no connection, no byte
+    of headers or body) is abandoned and retried under the client's RetryPolicy. Retries
+    are counted in ``lazyimage_fetch_retries`` for the layer.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        digest: str,
+        size: int,
+        *,
+        stall_timeout: float = 2.0,
+    ) -> None:
+        if size < 0:
+            raise ValueError(f"blob size must not be negative, not {size}")
+        if stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
+        self.client = client
+        self.ref = ref
+        self.digest = digest
+        self.stall_timeout = stall_timeout
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
+        return await self.client.read_range(
+            self.ref,
+            self.digest,
+            offset,
+            length,
+            stall_timeout=self.stall_timeout,
+            on_retry=self._retried,
+        )
+
+    def _retried(self, cause: str) -> None:
+        metrics.FETCH_RETRIES.labels(self.digest).inc()
+
+    def __repr__(self) -> str:
+        return f"RegistrySource({self.ref.registry}/{self.ref.repository}@{self.digest})"

@@ -1,0 +1,291 @@
+"""The agent under bad conditions: forged chunks, a registry that stops, faults on every
+kind of read, concurrent readers, a full or small cache, and a restart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import itertools
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lazyimage import estargz
+from zlib_ng import zlib_ng
+
+from tests.fixtures.agent import AgentProcess, overlay
+from tests.fixtures.faults import Fault, FaultProxy
+from tests.fixtures.images import TestImage
+from tests.fixtures.registry import RegistryServer
+from tests.images import PYTHON_PROBE_CODE, PYTHON_PROBE_OUTPUT
+from tests.integration.agent.lazyimage_env import RemoteImage, push_estargz, registry_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+JSON_DECODER = "usr/lib/python3.11/json/__pycache__/decoder.cpython-311.pyc"
+
+
+def _toc_of(registry: RegistryServer, digest: str) -> estargz.TOC:
+    data = registry.blob_path(digest).read_bytes()
+    return estargz.open_toc(lambda o, n: data[o : o + n], len(data))
+
+
+def _mount_all(agent: AgentProcess, image: RemoteImage, ref: str | None = None) -> list[Path]:
+    return [
+        Path(agent.mount(ref or image.ref, layer.digest, image.toc(layer))["path"])
+        for layer in image.layers
+    ]
+
+
+def _probe(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["chroot", str(root), "/usr/bin/python3", "-c", PYTHON_PROBE_CODE],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _demand_bytes(agent: AgentProcess) -> float:
+    return sum(
+        value
+        for series, value in agent.metrics().items()
+        if series.startswith("lazyimage_fetched_bytes_total{") and 'reason="demand"' in series
+    )
+
+
+def test_a_forged_chunk_is_refused_and_counted(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    python_layer = image.layers[1]
+    toc = _toc_of(registry, python_layer.digest)
+    node = toc.lookup(JSON_DECODER)
+    assert node is not None
+    chunk = node.chunks[0]
+    # A valid gzip member with a correct CRC holding different bytes of the same length,
+    # padded to the original member's size: only the chunk digest can tell.
+    forged = zlib_ng.compress(bytes(chunk.size), 9, 31)
+    span = chunk.end - chunk.offset
+    assert len(forged) <= span
+    path = registry.blob_path(python_layer.digest)
+    with open(path, "r+b") as blob:
+        blob.seek(chunk.offset)
+        blob.write(forged + bytes(span - len(forged)))
+
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    layer_dir = Path(agent.mount(image.ref, python_layer.digest, image.toc(python_layer))["path"])
+    with pytest.raises(OSError) as failure:
+        (layer_dir / JSON_DECODER).read_bytes()
+    assert failure.value.errno == 5  # EIO, and not one forged byte
+    failures = [
+        v for k, v in agent.metrics().items()
+        if k.startswith("lazyimage_chunk_verification_failures_total{")
+    ]  # fmt: skip
+    assert sum(failures) >= 1
+    # Other files of the layer still read.
+    assert (layer_dir / "usr/lib/python3.11/json/__init__.py").read_bytes().startswith(b'r"""')
+
+
+def test_a_registry_that_stops_during_reads(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    merged = overlay(list(reversed(_mount_all(agent, image))), tmp_path / "merged")
+    registry.stop()
+    restarted = threading.Timer(1.5, registry.start)
+    restarted.start()
+    started = time.monotonic()
+    try:
+        done = _probe(merged)
+    finally:
+        restarted.join()
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
+    assert elapsed < 30, elapsed
+
+
+def test_a_registry_that_stays_down_gives_eio_within_the_bound(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    layer_dir = _mount_all(agent, image)[1]
+    registry.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as failure:
+        (layer_dir / JSON_DECODER).read_bytes()
+    assert failure.value.errno == 5
+    # The default demand deadline is 30 s; the kernel retries a failed read once.
+    assert time.monotonic() - started < 75
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.status(503),
+        Fault.reset(),
+        Fault.truncate(100),
+        Fault.stall(8.0),
+    ],
+    ids=["503", "reset", "cut-short", "stall"],
+)
+def test_faults_on_footer_toc_and_chunk_reads(
+    registry: RegistryServer,
+    python_image: TestImage,
+    agent_factory: Any,
+    fault: Fault,
+    tmp_path: Path,
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    with FaultProxy(registry.host) as proxy:
+        # The first blob GETs of a layer are its footer+TOC reads, later ones chunk reads.
+        blob_gets = r"/blobs/sha256:"
+        rules = [proxy.add(fault, method="GET", path=blob_gets, nth=n) for n in (1, 4, 7)]
+        agent = agent_factory([proxy.host], extra=["--no-background-fill", "--stall-timeout", "1"])
+        ref = image.ref.replace(registry.host, proxy.host)
+        started = time.monotonic()
+        merged = overlay(list(reversed(_mount_all(agent, image, ref))), tmp_path / "merged")
+        done = _probe(merged)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
+    assert all(rule.applied == 1 for rule in rules)
+    # A stall costs about the stall timeout, not the fault's 8 s (or the connection timeout).
+    assert elapsed < 20, elapsed
+
+
+def test_32_concurrent_readers_fetch_each_chunk_once(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    with FaultProxy(registry.host) as proxy:  # used only to see each request's Range
+        agent = agent_factory([proxy.host], extra=["--no-background-fill"])
+        ref = image.ref.replace(registry.host, proxy.host)
+        layer_dir = _mount_all(agent, image, ref)[1]
+        stdlib = layer_dir / "usr/lib/python3.11"
+        files = sorted(
+            p for d in ("json", "email", "asyncio", "encodings")
+            for p in (stdlib / d).rglob("*") if p.is_file()
+        )  # fmt: skip
+        assert len(files) > 100
+        seen_before = len(proxy.requests)
+
+        def read_some(worker: int) -> str:
+            digest = hashlib.sha256()
+            # Overlapping subsets, in different orders.
+            for path in files[worker % 4 :: 2][:: 1 if worker % 2 else -1]:
+                digest.update(path.read_bytes())
+            return digest.hexdigest()
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(read_some, range(32)))
+        assert len(set(results[0::4])) == 1  # same files, same bytes
+        ranges = [
+            r.range for r in proxy.requests[seen_before:]
+            if r.method == "GET" and image.layers[1].digest in r.path and r.range
+        ]  # fmt: skip
+    spans = sorted(tuple(map(int, re.findall(r"\d+", r))) for r in ranges)
+    assert spans, "no chunk was fetched"
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start > end, f"byte ranges fetched twice: {spans}"
+
+
+def test_images_that_share_layers_and_chunks_fetch_only_what_differs(
+    registry: RegistryServer,
+    python_image: TestImage,
+    python_v2_image: TestImage,
+    agent_factory: Any,
+    tmp_path: Path,
+) -> None:
+    v1 = push_estargz(python_image, registry, "lazy/python")
+    v2 = push_estargz(python_v2_image, registry, "lazy/python-v2")
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    colorsys = "usr/lib/python3.11/colorsys.py"
+
+    def workload(root: Path) -> None:
+        done = _probe(root)
+        assert done.returncode == 0, done.stderr
+        (root / colorsys).read_bytes()
+
+    workload(overlay(list(reversed(_mount_all(agent, v1))), tmp_path / "v1"))
+    registry.clear_access_log()
+    workload(overlay(list(reversed(_mount_all(agent, v2))), tmp_path / "v2"))
+
+    changed = [b for a, b in zip(v1.layers, v2.layers, strict=True) if a.digest != b.digest]
+    assert len(changed) == 1
+    toc = _toc_of(registry, changed[0].digest)
+    node = toc.lookup(colorsys)
+    assert node is not None
+    file_bytes = sum(c.end - c.offset for c in node.chunks)
+    toc_bytes = changed[0].size - toc.toc_offset
+    fetched = registry_bytes(registry, [layer.digest for layer in v2.layers])
+    # The footer+TOC reads of the new layer (a 512 KiB tail at most), plus the changed file.
+    assert fetched <= max(toc_bytes, 512 << 10) + file_bytes + (64 << 10), fetched
+
+
+def test_a_full_cache_disk_does_not_fail_reads(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    state = tmp_path / "state"
+    cache_dir = state / "cache"
+    cache_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache_dir)], check=True)
+    try:
+        agent = agent_factory([registry.host], extra=["--no-background-fill"], state_dir=state)
+        merged = overlay(list(reversed(_mount_all(agent, image))), tmp_path / "merged")
+        done = _probe(merged)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
+        errors = [
+            v for k, v in agent.metrics().items()
+            if k.startswith("lazyimage_cache_write_errors_total{") and "ENOSPC" in k
+        ]  # fmt: skip
+        assert sum(errors) >= 1
+        leftovers = [p for p in cache_dir.rglob("*") if p.name.startswith(".tmp")]
+        assert leftovers == []
+        agent.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
+
+
+def test_a_cache_cap_smaller_than_the_image(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    cap = 3 << 20
+    agent = agent_factory([registry.host], extra=["--no-background-fill", "--cache-size", str(cap)])
+    merged = overlay(list(reversed(_mount_all(agent, image))), tmp_path / "merged")
+    done = _probe(merged)
+    assert done.returncode == 0, done.stderr
+    status = agent.request("GET", "/status")
+    assert 0 < status["cache"]["bytes"] <= cap
+    on_disk = sum(p.stat().st_size for p in (agent.state_dir / "cache").rglob("*") if p.is_file())
+    assert on_disk <= cap
+
+
+def test_a_restart_keeps_the_chunk_cache(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    state = tmp_path / "state"
+    first = agent_factory([registry.host], extra=["--no-background-fill"], state_dir=state)
+    merged = overlay(list(reversed(_mount_all(first, image))), tmp_path / "first")
+    assert _probe(merged).returncode == 0
+    subprocess.run(["umount", str(merged)], check=True)
+    assert first.stop() == 0
+    assert not os.path.ismount(first.mountpoint)
+
+    second = agent_factory([registry.host], extra=["--no-background-fill"], state_dir=state)
+    registry.clear_access_log()
+    merged = overlay(list(reversed(_mount_all(second, image))), tmp_path / "second")
+    assert _probe(merged).stdout.strip() == PYTHON_PROBE_OUTPUT
+    assert _demand_bytes(second) == 0
+    for layer in image.layers:  # only footer and TOC reads reached the registry
+        assert len(registry.blob_gets(layer.digest)) <= 2

@@ -1,0 +1,371 @@
+"""LayerFetcher over an in-memory source: single flight, merging, verification, retries,
+priorities and the cache, counted at the source."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import anyio
+import pytest
+from lazyimage.cache import ChunkCache
+from lazyimage.errors import UnavailableError, VerificationError
+from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate, TokenBucket
+
+from tests.unit.fetch.helpers import (
+    Blob,
+    DictCache,
+    MemorySource,
+    gzip_member,
+    layer_digest,
+    make_blob,
+    sample,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def fetcher(
+    blob: Blob,
+    cache: DictCache | ChunkCache | None = None,
+    config: FetchConfig | None = None,
+    bucket: TokenBucket | None = None,
+    **source_options: object,
+) -> tuple[LayerFetcher, MemorySource]:
+    source = MemorySource(blob.data, **source_options)  # type: ignore[arg-type]
+    return (
+        LayerFetcher(
+            source,
+            cache if cache is not None else DictCache(),
+            layer_digest(),
+            config or FetchConfig(),
+            bucket,
+            gate=PriorityGate(),
+        ),
+        source,
+    )
+
+
+def member_ranges(blob: Blob) -> set[tuple[int, int]]:
+    return {(c.offset, c.end - c.offset) for c in blob.chunks}
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
+async def test_read_returns_verified_bytes_in_order() -> None:
+    blob = make_blob([1000, 20_000, 3])
+    fetch, _ = fetcher(blob)
+    chunks = [blob.chunks[2], blob.chunks[0], blob.chunks[2], blob.chunks[1]]
+    assert await fetch.read(chunks) == [blob.contents[i] for i in (2, 0, 2, 1)]
+    assert await fetch.read([]) == []
+
+
+async def test_adjacent_chunks_are_one_request() -> None:
+    blob = make_blob([5000] * 8)
+    fetch, source = fetcher(blob)
+    await fetch.read(blob.chunks)
+    first, last = blob.chunks[0], blob.chunks[-1]
+    assert source.reads == [(first.offset, last.end - first.offset)]
+    assert fetch.fetched_bytes == last.end - first.offset
+
+
+async def test_small_gaps_are_bridged_large_gaps_split() -> None:
+    near = make_blob([5000] * 4, gap=1000)
+    fetch, source = fetcher(near, config=FetchConfig(merge_gap=4 * KiB))
+    await fetch.read(near.chunks)
+    assert len(source.reads) == 1
+    far = make_blob([5000] * 4, gap=100 * KiB)
+    fetch, source = fetcher(far, config=FetchConfig(merge_gap=4 * KiB))
+    await fetch.read(far.chunks)
+    assert sorted(source.reads) == sorted(member_ranges(far))
+
+
+async def test_merged_ranges_stay_under_max_range() -> None:
+    blob = make_blob([200 * KiB] * 10, seed=3)
+    fetch, source = fetcher(blob, config=FetchConfig(max_range=450 * KiB))
+    assert await fetch.read(blob.chunks) == blob.contents
+    assert len(source.reads) > 1
+    assert all(length <= 450 * KiB for _, length in source.reads)
+    assert source.bytes_read == sum(c.end - c.offset for c in blob.chunks)
+
+
+async def test_chunks_sharing_a_member_fetch_it_once() -> None:
+    blob = make_blob([3000, 4000, 5000], per_member=3)
+    assert len({c.offset for c in blob.chunks}) == 1
+    assert [c.inner_offset for c in blob.chunks] == [0, 3000, 7000]
+    fetch, source = fetcher(blob, delay=0.05)
+    results: dict[int, bytes] = {}
+
+    async def one(index: int) -> None:
+        results[index] = (await fetch.read([blob.chunks[index]]))[0]
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(fetch.read, blob.chunks)
+        for index in range(3):
+            group.start_soon(one, index)
+    assert [results[i] for i in range(3)] == blob.contents
+    assert len(source.reads) == 1
+
+
+async def test_32_concurrent_readers_fetch_each_chunk_once() -> None:
+    blob = make_blob([30 * KiB] * 40, seed=5)
+    fetch, source = fetcher(blob, delay=0.02)
+    chunks = blob.chunks
+
+    async def reader(n: int) -> None:
+        window = chunks[n : n + 9]  # overlapping windows
+        assert await fetch.read(window) == blob.contents[n : n + 9]
+
+    async with anyio.create_task_group() as group:
+        for n in range(32):
+            group.start_soon(reader, n)
+    fetched = sorted(source.reads)
+    # No byte of the blob was read twice, and every member was read.
+    for (a, la), (b, _) in itertools.pairwise(fetched):
+        assert a + la <= b
+    assert source.bytes_read == sum(c.end - c.offset for c in chunks)
+
+
+async def test_cache_hits_make_no_request(tmp_path: Path) -> None:
+    blob = make_blob([10_000, 20_000])
+    cache = DictCache()
+    fetch, source = fetcher(blob, cache)
+    await fetch.read(blob.chunks)
+    await fetch.flush()
+    assert sorted(cache.chunks) == sorted(c.digest for c in blob.chunks)
+    reads = len(source.reads)
+    assert await fetch.read(blob.chunks) == blob.contents
+    assert len(source.reads) == reads
+    assert sample("lazyimage_cache_hits_total", layer=fetch.layer) == 2
+    assert sample("lazyimage_cache_misses_total", layer=fetch.layer) == 2
+    # Another fetcher on the same cache (another layer with the same chunks) fetches nothing.
+    other, other_source = fetcher(blob, cache)
+    assert await other.read(blob.chunks) == blob.contents
+    assert other_source.reads == [] and other.fetched_bytes == 0
+
+
+async def test_real_cache_survives_a_new_fetcher(tmp_path: Path) -> None:
+    blob = make_blob([100 * KiB, 300 * KiB, 5], seed=9)
+    with ChunkCache(tmp_path / "cache", 64 * MiB) as cache:
+        fetch, _ = fetcher(blob, cache)
+        assert await fetch.read(blob.chunks) == blob.contents
+        await fetch.flush()
+        fetch.close()
+    with ChunkCache(tmp_path / "cache", 64 * MiB) as cache:
+        again, source = fetcher(blob, cache)
+        assert await again.read(blob.chunks) == blob.contents
+        assert source.reads == [] and again.fetched_bytes == 0
+
+
+async def test_a_full_cache_does_not_fail_reads() -> None:
+    blob = make_blob([10_000])
+    cache = DictCache(full=True)
+    fetch, source = fetcher(blob, cache)
+    assert await fetch.read(blob.chunks) == blob.contents
+    await fetch.flush()
+    assert await fetch.read(blob.chunks) == blob.contents
+    assert len(source.reads) == 2 and cache.chunks == {}
+
+
+def forge(blob: Blob, index: int) -> Blob:
+    """Replace chunk ``index``'s member with a valid gzip member of other content."""
+    chunk = blob.chunks[index]
+    fake = gzip_member(b"X" * chunk.size)
+    data = blob.data[: chunk.offset] + fake + blob.data[chunk.end :]
+    shift = len(fake) - (chunk.end - chunk.offset)
+    chunks = [
+        c
+        if c.offset < chunk.offset
+        else dataclasses.replace(
+            c, offset=c.offset + (shift if c.offset > chunk.offset else 0), end=c.end + shift
+        )
+        for c in blob.chunks
+    ]
+    return Blob(data, chunks, blob.contents)
+
+
+async def test_a_forged_chunk_is_refetched_once_then_refused() -> None:
+    blob = forge(make_blob([4000, 5000, 6000], seed=2), 1)
+    cache = DictCache()
+    fetch, source = fetcher(blob, cache)
+    bad = blob.chunks[1]
+    with pytest.raises(VerificationError) as caught:
+        await fetch.read(blob.chunks)
+    message = str(caught.value)
+    assert fetch.layer in message and "file1" in message and "offset 0" in message
+    assert sample("lazyimage_chunk_verification_failures_total", layer=fetch.layer) == 2
+    # One merged request, then the bad member alone.
+    assert source.reads[-1] == (bad.offset, bad.end - bad.offset)
+    assert len(source.reads) == 2
+    await fetch.flush()
+    assert bad.digest not in cache.chunks
+    # The good chunks were verified, served and cached all the same.
+    assert await fetch.read([blob.chunks[0], blob.chunks[2]]) == [
+        blob.contents[0],
+        blob.contents[2],
+    ]
+    assert len(source.reads) == 2
+
+
+async def test_concurrent_readers_of_a_forged_chunk_all_fail() -> None:
+    blob = forge(make_blob([4000]), 0)
+    fetch, source = fetcher(blob, delay=0.02)
+    errors: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await fetch.read(blob.chunks)
+        except VerificationError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(reader)
+    assert len(errors) == 5 and len(source.reads) == 2
+
+
+async def test_transient_failures_are_retried() -> None:
+    blob = make_blob([10_000])
+    fetch, source = fetcher(blob, fail_next=2)
+    assert await fetch.read(blob.chunks) == blob.contents
+    assert len(source.reads) == 3
+    assert sample("lazyimage_fetch_retries_total", layer=fetch.layer) == 2
+
+
+async def test_demand_deadline_bounds_a_failing_read() -> None:
+    blob = make_blob([10_000])
+    fetch, _ = fetcher(blob, config=FetchConfig(demand_deadline=1.0), fail_next=10**6)
+    started = anyio.current_time()
+    with pytest.raises(UnavailableError, match="injected failure") as caught:
+        await fetch.read(blob.chunks)
+    assert fetch.layer in str(caught.value)
+    assert anyio.current_time() - started < 1.5
+
+
+async def test_a_hung_request_is_abandoned_and_retried() -> None:
+    blob = make_blob([10_000])
+    source = HangOnce(blob.data)
+    fetch = LayerFetcher(
+        source, DictCache(), layer_digest(), FetchConfig(stall_timeout=0.3), gate=PriorityGate()
+    )
+    started = anyio.current_time()
+    assert await fetch.read(blob.chunks) == blob.contents
+    assert 0.3 <= anyio.current_time() - started < 1.5
+    assert len(source.reads) == 2
+
+
+class HangOnce(MemorySource):
+    async def read(self, offset: int, length: int) -> bytes:
+        if not self.reads:
+            self.reads.append((offset, length))
+            await anyio.sleep_forever()
+        return await super().read(offset, length)
+
+
+async def test_a_cancelled_reader_does_not_strand_the_others() -> None:
+    blob = make_blob([10_000])
+    fetch, source = fetcher(blob, delay=0.2)
+    got: list[bytes] = []
+
+    async def patient() -> None:
+        await anyio.sleep(0.05)  # joins the first reader's flight
+        got.extend(await fetch.read(blob.chunks))
+
+    async with anyio.create_task_group() as group:
+        with anyio.move_on_after(0.1):
+            group.start_soon(patient)
+            await fetch.read(blob.chunks)  # cancelled while its request runs
+    assert got == blob.contents
+    assert len(source.reads) == 2
+
+
+async def test_prefetch_fills_the_cache_in_large_ranges() -> None:
+    blob = make_blob([100 * KiB] * 30, seed=4)
+    cache = DictCache()
+    fetch, source = fetcher(blob, cache, FetchConfig(max_range=1 * MiB))
+    await fetch.read(blob.chunks[:2])
+    await fetch.flush()
+    source.reads.clear()
+    await fetch.prefetch(blob.chunks)
+    assert set(cache.chunks) == {c.digest for c in blob.chunks}
+    # Cached chunks were skipped, the rest came in a few ranges of at most max_range.
+    assert blob.chunks[0].offset not in {offset for offset, _ in source.reads}
+    assert all(length <= MiB for _, length in source.reads)
+    assert len(source.reads) <= 5
+    assert source.bytes_read == sum(c.end - c.offset for c in blob.chunks[2:])
+    assert sample("lazyimage_fetched_bytes_total", layer=fetch.layer, reason="prefetch") == (
+        source.bytes_read
+    )
+    ratio = sample("lazyimage_layer_fetched_ratio", layer=fetch.layer)
+    assert ratio == pytest.approx((blob.chunks[-1].end - blob.chunks[0].offset) / len(blob.data))
+    await fetch.prefetch(blob.chunks)  # all cached: nothing to do
+    assert source.bytes_read == sum(c.end - c.offset for c in blob.chunks[2:])
+
+
+async def test_prefetch_gives_way_to_demand() -> None:
+    blob = make_blob([64 * KiB] * 40, seed=6)
+    fetch, _ = fetcher(blob, config=FetchConfig(max_range=128 * KiB), delay=0.05)
+    done: dict[str, float] = {}
+    started = anyio.current_time()
+
+    async def prefetch() -> None:
+        await fetch.prefetch(blob.chunks, Priority.BACKGROUND)
+        done["prefetch"] = anyio.current_time() - started
+
+    async def demand() -> None:
+        await anyio.sleep(0.1)
+        await fetch.read([blob.chunks[-1]])
+        done["demand"] = anyio.current_time() - started
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(prefetch)
+        group.start_soon(demand)
+    # Demand waited for at most the prefetch requests already in flight.
+    assert done["demand"] < 0.1 + 3 * 0.05 + 0.1
+    assert done["prefetch"] > 0.5
+
+
+async def test_bucket_caps_prefetch_bandwidth() -> None:
+    blob = make_blob([50 * KiB] * 8, seed=8)
+    rate = 400 * KiB
+    bucket = TokenBucket(rate=rate, burst=16 * KiB)
+    fetch, source = fetcher(blob, config=FetchConfig(max_range=100 * KiB), bucket=bucket)
+    started = anyio.current_time()
+    await fetch.prefetch(blob.chunks)
+    elapsed = anyio.current_time() - started
+    assert elapsed >= (source.bytes_read - 16 * KiB) / rate * 0.95
+    assert elapsed < source.bytes_read / rate + 0.5
+
+
+async def test_low_priority_read_waits_for_the_bucket_demand_does_not() -> None:
+    bucket = TokenBucket(rate=200 * KiB, burst=0)
+    blob = make_blob([100 * KiB], seed=1)
+    fetch, _ = fetcher(blob, bucket=bucket)
+    member = blob.chunks[0].end - blob.chunks[0].offset
+    started = anyio.current_time()
+    assert await fetch.read(blob.chunks, Priority.BACKGROUND) == blob.contents
+    assert anyio.current_time() - started >= member / (200 * KiB) * 0.95
+    # The bucket is now about a second in debt; demand reads do not use it.
+    bucket.reserve(200 * KiB, anyio.current_time())
+    other_blob = make_blob([100 * KiB], seed=2)
+    other, _ = fetcher(other_blob, bucket=bucket)
+    started = anyio.current_time()
+    assert await other.read(other_blob.chunks) == other_blob.contents
+    assert anyio.current_time() - started < 0.3
+
+
+async def test_close_ends_prefetch_and_refuses_reads() -> None:
+    blob = make_blob([64 * KiB] * 20, seed=7)
+    fetch, source = fetcher(blob, config=FetchConfig(max_range=64 * KiB), delay=0.05)
+    async with anyio.create_task_group() as group:
+        group.start_soon(fetch.prefetch, blob.chunks)
+        await anyio.sleep(0.12)
+        fetch.close()
+    assert len(source.reads) < 10
+    with pytest.raises(UnavailableError, match="closed"):
+        await fetch.read(blob.chunks[:1])
+    with pytest.raises(ValueError):
+        await fetch.prefetch(blob.chunks, Priority.DEMAND)
