@@ -68,6 +68,7 @@ class MountedLayer:
     mounted_at: float
     users: int = 1
     prefetch_done: trio.Event = field(default_factory=trio.Event)
+    fill_done: trio.Event = field(default_factory=trio.Event)
     prefetch_error: str = ""
 
     def describe(self) -> dict[str, Any]:
@@ -80,6 +81,7 @@ class MountedLayer:
             "size": self.size,
             "prefetchZone": self.tree.prefetch_zone,
             "prefetchDone": self.prefetch_done.is_set(),
+            "fillDone": self.fill_done.is_set(),
             "prefetchError": self.prefetch_error,
             "fetchedBytes": self.fetcher.fetched_bytes,
             "users": self.users,
@@ -203,6 +205,7 @@ class LayerManager:
             layer.prefetch_done.set()
             if background:
                 await layer.fetcher.prefetch(list(layer.tree.all_chunks()), Priority.BACKGROUND)
+                layer.fill_done.set()
         except errors.LazyImageError as exc:
             # Prefetch is an optimisation: reads still fetch on demand.
             layer.prefetch_error = str(exc)

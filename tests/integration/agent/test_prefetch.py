@@ -1,0 +1,107 @@
+"""Prefetch: the priority zone when a layer is mounted, prefetch without mounting (what the
+operator's prewarm orders use), and background fill."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.agent import overlay
+from tests.fixtures.images import TestImage
+from tests.fixtures.registry import RegistryServer
+from tests.images import PYTHON_PROBE_CODE
+from tests.integration.agent.lazyimage_env import push_estargz
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _by_reason(agent: Any, reason: str) -> float:
+    return sum(
+        value
+        for series, value in agent.metrics().items()
+        if series.startswith("lazyimage_fetched_bytes_total{") and f'reason="{reason}"' in series
+    )
+
+
+def _wait(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_prefetch_without_mounting_warms_the_cache(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    listing = tmp_path / "startup.txt"
+    listing.write_text("usr/lib/python3.11/json/**\nusr/lib/python3.11/encodings/**\n")
+    image = push_estargz(python_image, registry, "lazy/python", "--prioritize-from", str(listing))
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    python_layer = image.layers[1]
+    body = {"ref": image.ref, "digest": python_layer.digest, "tocDigest": image.toc(python_layer)}
+    answer = agent.request("POST", "/v1/prefetch", body)
+    assert answer["chunks"] > 10 and answer["fetchedBytes"] > 0
+    assert agent.request("GET", "/v1/layers") == []  # nothing was mounted
+
+    named = agent.request(
+        "POST", "/v1/prefetch", {**body, "paths": ["usr/lib/python3.11/colorsys.py"]}
+    )
+    assert named["chunks"] == 1
+
+    layer_dir = Path(agent.mount(image.ref, python_layer.digest, image.toc(python_layer))["path"])
+    before = _by_reason(agent, "demand")
+    (layer_dir / "usr/lib/python3.11/json/__init__.py").read_bytes()
+    (layer_dir / "usr/lib/python3.11/colorsys.py").read_bytes()
+    assert _by_reason(agent, "demand") == before  # all of it came from the cache
+
+    with pytest.raises(Exception, match="404"):
+        agent.request("POST", "/v1/prefetch", {**body, "paths": ["no/such/file"]})
+
+
+def test_the_priority_zone_is_fetched_at_mount(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any
+) -> None:
+    listing_args = ("--prioritize", "usr/lib/python3.11/json/**")
+    image = push_estargz(python_image, registry, "lazy/python", *listing_args)
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    python_layer = image.layers[1]
+    mounted = agent.mount(image.ref, python_layer.digest, image.toc(python_layer))
+    assert mounted["prefetchZone"] > 0
+
+    def done() -> bool:
+        layers = agent.request("GET", "/v1/layers")
+        return bool(layers and layers[0]["prefetchDone"])
+
+    _wait(done, 60)
+    assert _by_reason(agent, "prefetch") > 0
+    layer_dir = Path(mounted["path"])
+    before = _by_reason(agent, "demand")
+    for path in (layer_dir / "usr/lib/python3.11/json").rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+    assert _by_reason(agent, "demand") == before
+
+
+def test_background_fill_fetches_the_rest(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    image = push_estargz(python_image, registry, "lazy/python")
+    agent = agent_factory([registry.host])  # background fill is on by default
+    paths = [
+        Path(agent.mount(image.ref, layer.digest, image.toc(layer))["path"])
+        for layer in image.layers
+    ]
+    _wait(lambda: all(layer["fillDone"] for layer in agent.request("GET", "/v1/layers")), 120)
+    assert _by_reason(agent, "background") > image.total_size * 0.9
+    merged = overlay(list(reversed(paths)), tmp_path / "merged")
+    before = _by_reason(agent, "demand")
+    done = subprocess.run(
+        ["chroot", str(merged), "/usr/bin/python3", "-c", PYTHON_PROBE_CODE],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _by_reason(agent, "demand") == before  # everything was already here
