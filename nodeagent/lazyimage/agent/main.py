@@ -19,10 +19,10 @@ from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
-from lazyimage.agent.logging import configure_logging
 from lazyimage.cache import ChunkCache
 from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
+from lazyimage.logs import configure_logging
 from lazyimage.registry import Keychain, RegistryClient
 
 __all__ = ["main", "serve"]

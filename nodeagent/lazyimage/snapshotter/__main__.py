@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from lazyimage.agent.logging import configure_logging
+from lazyimage.logs import configure_logging
 from lazyimage.snapshotter._service import serve
 from lazyimage.snapshotter._snapshotter import Snapshotter
 

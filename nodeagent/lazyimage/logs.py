@@ -1,4 +1,4 @@
-"""structlog configuration for the agent: one JSON object per line on stderr."""
+"""structlog configuration for the agent and its services: one JSON object per line on stderr."""
 
 from __future__ import annotations
 
