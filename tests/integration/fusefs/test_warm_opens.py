@@ -47,8 +47,10 @@ def test_warm_open_and_read(
     after = server.stats()
     opens = after["ops"]["open"] - before["ops"]["open"]
     reads = after["ops"]["read"] - before["ops"]["read"]
-    assert reads == 0
-    assert after["chunk_reads"] == before["chunk_reads"]
+    # A page cache dropped on open would send all 3 * FILES reads again. A handful can
+    # come from the kernel reclaiming pages while other work runs on the machine.
+    assert reads <= FILES // 100, reads
+    assert after["chunk_reads"] - before["chunk_reads"] <= FILES // 100
     if round_trip:
         assert opens == 3 * FILES
     else:
