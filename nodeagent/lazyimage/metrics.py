@@ -24,6 +24,7 @@ __all__ = [
     "FUSE_OPERATION_DURATION",
     "LAYER_FETCHED_RATIO",
     "REGISTRY",
+    "SNAPSHOT_PREPARES",
     "VERIFICATION_FAILURES",
     "forget_layer",
 ]
@@ -91,6 +92,14 @@ LAYER_FETCHED_RATIO = Gauge(
     f"{P}layer_fetched_ratio",
     "Fraction of a layer's compressed bytes fetched or found in the cache.",
     ["layer"],
+    registry=REGISTRY,
+)
+
+SNAPSHOT_PREPARES = Counter(
+    f"{P}snapshot_prepares",
+    "Layer snapshots containerd asked for: mounted remotely (lazily), or left to a normal "
+    "download (fallback), by reason.",
+    ["result", "reason"],
     registry=REGISTRY,
 )
 

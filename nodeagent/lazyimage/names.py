@@ -13,6 +13,8 @@ __all__ = [
     "LABEL_CRI_LAYER_DIGEST",
     "LABEL_CRI_MANIFEST_DIGEST",
     "LABEL_SNAPSHOT_REF",
+    "LABEL_STARGZ_DIGEST",
+    "LABEL_STARGZ_REFERENCE",
     "METRIC_PREFIX",
     "NO_PREFETCH_LANDMARK",
     "POD_PREWARM_ANNOTATION",
@@ -45,6 +47,9 @@ LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
 LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 LABEL_CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
 LABEL_CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
+# Set by ctr-remote / nerdctl lazy pulls (the reference's own labels)
+LABEL_STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
+LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
 
 # Kubernetes
 API_GROUP = "lazyimage.io"

@@ -34,6 +34,10 @@ class AgentConfig:
     def cache_dir(self) -> Path:
         return self.state_dir / "cache"
 
+    @property
+    def snapshotter_dir(self) -> Path:
+        return self.state_dir / "snapshotter"
+
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

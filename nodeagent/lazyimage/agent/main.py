@@ -1,7 +1,8 @@
 """``lazyimage-agent``: the node agent.
 
 It mounts one FUSE filesystem under ``<state-dir>/mnt``, where each remote layer is a
-subdirectory, keeps the verified chunk cache under ``<state-dir>/cache``, and serves
+subdirectory, keeps the verified chunk cache under ``<state-dir>/cache``, serves containerd's
+snapshotter API on ``--socket`` (snapshots under ``<state-dir>/snapshotter``), and serves
 /metrics, /healthz, /readyz, /status and the control API on ``--listen``. SIGTERM or SIGINT
 unmounts and exits cleanly.
 """
@@ -19,11 +20,14 @@ from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
+from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache
 from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.logs import configure_logging
 from lazyimage.registry import Keychain, RegistryClient
+from lazyimage.snapshotter import Snapshotter
+from lazyimage.snapshotter import serve as serve_snapshots
 
 __all__ = ["main", "serve"]
 
@@ -54,12 +58,24 @@ async def serve(config: AgentConfig) -> None:
                 bucket=bucket,
                 background_fill=config.background_fill,
             )
+            token = trio.lowlevel.current_trio_token()
             control = AgentControl(manager, cache, str(config.mountpoint))
-            http = AgentHTTPServer(config.listen, control, trio.lowlevel.current_trio_token())
+            http = AgentHTTPServer(config.listen, control, token)
             await nursery.start(session.serve)
             http.start()
+            snapshotter = Snapshotter(config.snapshotter_dir, remote=AgentRemoteFS(manager, token))
+            # Layers of snapshots made before a restart are mounted again before containerd
+            # may ask for them; one that cannot be is reported and does not stop the rest.
+            failed = await trio.to_thread.run_sync(snapshotter.restore)
+            grpc_server = serve_snapshots(snapshotter, config.socket)
             control.is_ready = True
-            log.info("agent_ready", listen=http.address, mountpoint=str(config.mountpoint))
+            log.info(
+                "agent_ready",
+                listen=http.address,
+                socket=str(config.socket),
+                mountpoint=str(config.mountpoint),
+                unrestored=len(failed),
+            )
             try:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -67,6 +83,8 @@ async def serve(config: AgentConfig) -> None:
                         break
             finally:
                 control.is_ready = False
+                await trio.to_thread.run_sync(grpc_server.stop, 5.0)
+                snapshotter.close()
                 http.stop()
                 session.terminate()
                 nursery.cancel_scope.cancel()
