@@ -18,7 +18,7 @@ import trio
 
 from lazyimage import errors, metrics
 from lazyimage.cache import ChunkCache
-from lazyimage.estargz import Chunk, TOCLoader
+from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
 from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, RegistrySource, TokenBucket
 from lazyimage.fusefs import LayerFilesystem
 from lazyimage.layer import ROOT, AccessRecorder, LayerTree, RemoteLayer
@@ -186,7 +186,9 @@ class LayerManager:
         source = RegistrySource(
             self._client, spec.ref, spec.digest, size, stall_timeout=self._config.stall_timeout
         )
-        loader = TOCLoader(size, expected_digest=spec.toc_digest)
+        # The footer first, then exactly the TOC: two small requests, and not one byte of
+        # file data fetched before a file is read (a larger tail would guess and overshoot).
+        loader = TOCLoader(size, tail_size=FOOTER_SIZE, expected_digest=spec.toc_digest)
         tail = await source.read(*loader.tail_range)
         toc_bytes = len(tail)
         rest = loader.feed_tail(tail)
