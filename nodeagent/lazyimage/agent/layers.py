@@ -132,7 +132,10 @@ class LayerManager:
             async def read_chunks(chunks: Sequence[Chunk]) -> list[bytes]:
                 return await fetcher.read(chunks, Priority.DEMAND)
 
-            layer = RemoteLayer(tree, read_chunks, recorder)
+            async def read_slice(chunk: Chunk, start: int, length: int) -> bytes:
+                return await fetcher.read_slice(chunk, start, length, Priority.DEMAND)
+
+            layer = RemoteLayer(tree, read_chunks, recorder, read_slice)
             path = self._fs.add_layer(spec.name, layer)
             mounted = MountedLayer(spec, size, path, tree, fetcher, recorder, time.monotonic())
             self._layers[spec.name] = mounted

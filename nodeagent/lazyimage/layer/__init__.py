@@ -3,7 +3,7 @@
 reader, and the access recorder that yields a startup profile.
 """
 
-from lazyimage.layer._layer import ReadChunks, RemoteLayer
+from lazyimage.layer._layer import ReadChunks, ReadSlice, RemoteLayer
 from lazyimage.layer._recorder import AccessRecorder, ProfileEntry
 from lazyimage.layer._tree import OPAQUE_XATTR, ROOT, Attr, LayerTree
 
@@ -15,5 +15,6 @@ __all__ = [
     "LayerTree",
     "ProfileEntry",
     "ReadChunks",
+    "ReadSlice",
     "RemoteLayer",
 ]

@@ -9,11 +9,14 @@ from lazyimage.estargz import Chunk
 from lazyimage.layer._recorder import AccessRecorder
 from lazyimage.layer._tree import LayerTree
 
-__all__ = ["ReadChunks", "RemoteLayer"]
+__all__ = ["ReadChunks", "ReadSlice", "RemoteLayer"]
 
 # Verified, uncompressed bytes of each chunk, in order: ``fetcher.read(chunks, priority)``
 # with the priority bound by the caller.
 ReadChunks = Callable[[Sequence[Chunk]], Awaitable[list[bytes]]]
+# Verified bytes ``[start, start+length)`` of one chunk: ``fetcher.read_slice``. Lets a read
+# inside one cached chunk skip loading the whole chunk.
+ReadSlice = Callable[[Chunk, int, int], Awaitable[bytes]]
 
 
 class RemoteLayer:
@@ -28,10 +31,12 @@ class RemoteLayer:
         tree: LayerTree,
         read_chunks: ReadChunks,
         recorder: AccessRecorder | None = None,
+        read_slice: ReadSlice | None = None,
     ) -> None:
         self.tree = tree
         self.recorder = recorder if recorder is not None else AccessRecorder()
         self._read_chunks = read_chunks
+        self._read_slice = read_slice
 
     async def read(self, node_id: int, offset: int, size: int) -> bytes:
         """File bytes ``[offset, offset+size)``: exactly ``size`` of them unless EOF is nearer."""
@@ -41,6 +46,15 @@ class RemoteLayer:
         if node_id not in self.recorder:
             self.recorder.record(node_id, self.tree.path(node_id))
         chunks = self.tree.chunks_for(node_id, offset, end - offset)
+        if len(chunks) == 1 and self._read_slice is not None:
+            chunk = chunks[0]
+            data = await self._read_slice(chunk, offset - chunk.chunk_offset, end - offset)
+            if len(data) != end - offset:
+                raise VerificationError(
+                    f"chunk of {chunk.path!r} at {chunk.chunk_offset}: "
+                    f"{len(data)} bytes for a read of {end - offset}"
+                )
+            return data
         datas = await self._read_chunks(chunks)
         if len(datas) != len(chunks):
             raise VerificationError(

@@ -369,3 +369,25 @@ async def test_close_ends_prefetch_and_refuses_reads() -> None:
         await fetch.read(blob.chunks[:1])
     with pytest.raises(ValueError):
         await fetch.prefetch(blob.chunks, Priority.DEMAND)
+
+
+async def test_read_slice_reads_only_the_slice_of_a_cached_chunk() -> None:
+    blob = make_blob([300_000])
+    cache = DictCache()
+    fetch, source = fetcher(blob, cache)
+    chunk = blob.chunks[0]
+    # A miss fetches and verifies the whole chunk, and returns the slice.
+    assert await fetch.read_slice(chunk, 1000, 500) == blob.contents[0][1000:1500]
+    await fetch.flush()
+    reads = len(source.reads)
+    slices: list[tuple[int, int | None]] = []
+    original = cache.read
+
+    def spy(digest: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        slices.append((offset, length))
+        return original(digest, offset, length)
+
+    cache.read = spy  # type: ignore[method-assign]
+    assert await fetch.read_slice(chunk, 250_000, 100_000) == blob.contents[0][250_000:]
+    assert slices == [(250_000, 50_000)]  # clipped to the chunk, and only that part read
+    assert len(source.reads) == reads
