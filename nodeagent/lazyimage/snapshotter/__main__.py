@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from lazyimage.logs import configure_logging
 from lazyimage.snapshotter._service import serve
@@ -27,17 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
 
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Block the stop signals in every thread (gRPC's threads inherit the mask) and wait for
+    # them synchronously. A handler that set a threading.Event could deadlock on the
+    # Event's own lock if the signal landed while the main thread held it.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with Snapshotter(args.root) as snapshotter:
         server = serve(snapshotter, args.socket)
         try:
-            stopping.wait()
+            signal.sigwait(stop_signals)
         finally:
             server.stop()
     return 0
