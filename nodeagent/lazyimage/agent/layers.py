@@ -158,7 +158,7 @@ class LayerManager:
             if layer.users > 0:
                 return
             del self._layers[name]
-            self._fs.remove_layer(name)
+            await self._fs.remove_layer(name)
             layer.fetcher.close()
             metrics.forget_layer(layer.spec.digest)
             log.info("layer_unmounted", layer=layer.spec.digest)

@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import structlog
+import trio
 
 from lazyimage.errors import LazyImageError
 from lazyimage.fusefs._inodes import MAX_NODES, ROOT_INODE, LayerSlots, Slot, inode, split
@@ -46,6 +47,12 @@ _FOREVER = 365 * 86400.0
 _ROOT_ATTR_TIMEOUT = 1.0
 _BLOCK = 4096
 _NAME_MAX = 255
+
+
+def _forget_root_entry(name: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):  # the kernel never looked the name up
+        pyfuse3.invalidate_entry(ROOT_INODE, name)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -115,13 +122,16 @@ class LayerFilesystem(pyfuse3.Operations):
         self._root_changed()
         return self.mountpoint / name
 
-    def remove_layer(self, name: str) -> RemoteLayer:
-        """Stop serving a layer. Inodes the kernel still holds for it answer ESTALE."""
+    async def remove_layer(self, name: str) -> RemoteLayer:
+        """Stop serving a layer; returns once the kernel has dropped its name, so a lookup
+        right after fails. Inodes the kernel still holds for it answer ESTALE."""
         slot = self._layers.remove(name)
         self._blocks -= -(-slot.value.tree.total_size // _BLOCK)
         self._files -= slot.value.tree.node_count
-        if pyfuse3.trio_token is not None:  # serving: drop the kernel's cached dentry
-            pyfuse3.invalidate_entry_async(ROOT_INODE, os.fsencode(name), ignore_enoent=True)
+        if pyfuse3.trio_token is not None:
+            # The notification blocks until related requests finish, which need this
+            # thread; so it waits in a worker while the trio thread goes on serving.
+            await trio.to_thread.run_sync(_forget_root_entry, os.fsencode(name))
         self._root_changed()
         return slot.value
 

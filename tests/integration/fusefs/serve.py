@@ -129,7 +129,7 @@ async def commands(session: FuseSession, readers: dict[str, BlobReader]) -> None
                     readers[command["name"]] = reader
                     reply(ok=True, path=str(fs.add_layer(command["name"], layer)))
                 elif op == "remove":
-                    fs.remove_layer(command["name"])
+                    await fs.remove_layer(command["name"])
                     os.close(readers.pop(command["name"]).fd)
                     reply(ok=True)
                 elif op == "profile":

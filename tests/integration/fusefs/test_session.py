@@ -55,6 +55,8 @@ def test_session_serves_under_trio_and_unmounts(tmp_path: Path) -> None:
                 ).st_mode
                 seen["names"] = fs.layer_names()
                 seen["no_open"] = session.no_open
+                await fs.remove_layer("everything")  # returns once the kernel forgot the name
+                seen["removed"] = await trio.to_thread.run_sync(os.path.lexists, path)
                 session.terminate()
         seen["after"] = [m.mountpoint for m in mounts_under(tmp_path)]
 
@@ -68,6 +70,7 @@ def test_session_serves_under_trio_and_unmounts(tmp_path: Path) -> None:
     assert seen["names"] == ["everything"]
     assert seen["no_open"] is True
     assert seen["read_ahead_kb"] == 1024
+    assert seen["removed"] is False
     assert seen["after"] == []
 
 
@@ -83,5 +86,5 @@ def test_layer_names_are_checked(tmp_path: Path) -> None:
     assert fs.add_layer("a", _layer(blob)) == tmp_path / "a"
     with pytest.raises(ValueError, match="already mounted"):
         fs.add_layer("a", _layer(blob))
-    fs.remove_layer("a")
+    trio.run(fs.remove_layer, "a")
     assert fs.layer_names() == []
