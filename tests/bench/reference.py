@@ -11,6 +11,9 @@ v0.18.2's service, tests/goref) with its own root, socket and TOML config, and a
   lowerdirs are those FUSE mounts and whose upper and work dirs are on local disk;
 - :meth:`layer_mounts` lists the FUSE mounts, lowest layer first.
 
+With ``containerd=False`` only the snapshotter starts, for a containerd of the caller's
+(the cold-start benchmark's CRI node) to use through ``socket``.
+
 ``close`` removes the rootfs mounts, stops containerd and the snapshotter (SIGTERM, then
 SIGKILL), and aborts and detaches any FUSE mount left under ``base``.
 
@@ -76,6 +79,7 @@ class StargzReference:
         passthrough: bool,
         insecure_hosts: Sequence[str] = (),
         background_fetch: bool = True,
+        containerd: bool = True,
     ) -> None:
         self.base = base
         self.passthrough = passthrough
@@ -85,6 +89,7 @@ class StargzReference:
         self.config_path = base / "stargz.toml"
         self.log_path = base / "stargz.log"
         self._insecure = list(insecure_hosts)
+        self._with_containerd = containerd  # False: the caller brings its own (CRI)
         self._proc: subprocess.Popen[bytes] | None = None
         self._containerd: ContainerdServer | None = None
         self._rootfs: list[Path] = []
@@ -132,6 +137,8 @@ class StargzReference:
             )
         try:
             self._wait_socket()
+            if not self._with_containerd:
+                return self
             proxy = "\n".join(
                 [
                     "[proxy_plugins]",

@@ -18,23 +18,31 @@ from tests.images.builder import (
 )
 from tests.images.recipes import (
     BUSYBOX,
+    NUMPY,
+    NUMPY_PROBE_CODE,
+    NUMPY_PROBE_OUTPUT,
     PYTHON,
     PYTHON_PROBE_CODE,
     PYTHON_PROBE_OUTPUT,
     PYTHON_TOP,
     PYTHON_V2,
     RECIPES,
+    TEST_IMAGES,
 )
 
 __all__ = [
     "BUSYBOX",
     "IMAGE_TAG",
+    "NUMPY",
+    "NUMPY_PROBE_CODE",
+    "NUMPY_PROBE_OUTPUT",
     "PYTHON",
     "PYTHON_PROBE_CODE",
     "PYTHON_PROBE_OUTPUT",
     "PYTHON_TOP",
     "PYTHON_V2",
     "RECIPES",
+    "TEST_IMAGES",
     "BuildError",
     "build",
     "find_image",

@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (debootstrap, chroot, device nodes)::
 
-    .venv/bin/python -m tests.images build            # every image that is missing
+    .venv/bin/python -m tests.images build            # every test image that is missing
     .venv/bin/python -m tests.images build python     # one image (and what it derives from)
     .venv/bin/python -m tests.images list             # what is cached, with layer sizes
     .venv/bin/python -m tests.images path busybox     # the OCI layout of a built image
@@ -29,7 +29,7 @@ from tests.images.builder import (
     images_root,
     recipe_key,
 )
-from tests.images.recipes import RECIPES
+from tests.images.recipes import RECIPES, TEST_IMAGES
 
 
 def _say(message: str) -> None:
@@ -52,7 +52,7 @@ def _cmd_build(names: list[str], force: bool) -> int:
         _say(f"no test image {', '.join(unknown)}; known: {', '.join(RECIPES)}")
         return 2
     start = time.monotonic()
-    for name in names or list(RECIPES):
+    for name in names or list(TEST_IMAGES):
         path = build(name, force=force, log=_say)
         info = json.loads((path / "info.json").read_text())
         _say(f"{name}: {_sizes(info)} at {path / 'oci'}")

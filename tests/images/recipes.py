@@ -15,6 +15,14 @@ Three images:
 ``busybox``
     ``/bin/busybox`` from the ``busybox-static`` package, a symlink per applet, and a
     minimal ``/etc``.
+
+One more, for the cold-start benchmark only (``TEST_IMAGES`` leaves it out, so the test
+command never builds it):
+
+``numpy``
+    the ``python`` base plus ``python3-numpy``, and a large second layer: the interpreter,
+    numpy and 1 GiB of incompressible data files the workload never reads, as a model or
+    dataset image carries.
 """
 
 from __future__ import annotations
@@ -25,12 +33,16 @@ from typing import Any
 
 __all__ = [
     "BUSYBOX",
+    "NUMPY",
+    "NUMPY_PROBE_CODE",
+    "NUMPY_PROBE_OUTPUT",
     "PYTHON",
     "PYTHON_PROBE_CODE",
     "PYTHON_PROBE_OUTPUT",
     "PYTHON_TOP",
     "PYTHON_V2",
     "RECIPES",
+    "TEST_IMAGES",
     "BusyboxRecipe",
     "DebootstrapRecipe",
     "LayerSplit",
@@ -54,6 +66,10 @@ async def main():
 print(asyncio.run(main()))
 """
 PYTHON_PROBE_OUTPUT = '{"subject": "lazyimage", "ok": true}'
+
+# Run as `python3 -c NUMPY_PROBE_CODE` in the numpy image.
+NUMPY_PROBE_CODE = "import numpy; print(int(numpy.arange(1000).sum()), numpy.__version__ > '1')"
+NUMPY_PROBE_OUTPUT = "499500 True"
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,38 @@ PYTHON_TOP = TopLayer(
     big_seed=20260101,
 )
 
+_PRUNE = (
+    "var/cache/apt/*.bin",
+    "var/cache/apt/archives/*.deb",
+    "var/lib/apt/lists/*_*",
+    "var/log/*.log",
+    "var/log/apt/*",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    # Written from the build host; a runtime provides its own.
+    "etc/hostname",
+    "etc/resolv.conf",
+    # As Debian's slim images: no manuals, info pages or translations.
+    "usr/share/man/*",
+    "usr/share/info/*",
+    "usr/share/locale/*/",
+)
+
+_PYTHON_PATHS = (
+    "usr/lib/python3*",
+    "usr/local/lib/python3*",
+    "usr/bin/python3*",
+    "usr/bin/py3*",
+    "usr/share/python3",
+    "usr/share/binfmts/python3*",
+    "usr/lib/binfmt.d/python3*",
+    "usr/share/doc/*python3*",
+    "usr/share/lintian/overrides/*python3*",
+    "etc/python3*",
+    "var/lib/dpkg/info/*python3*",
+)
+
 PYTHON = DebootstrapRecipe(
     name="python",
     revision=1,
@@ -198,40 +246,12 @@ PYTHON = DebootstrapRecipe(
     # of the standard library (json, asyncio, ...) too, as a python image ships it. The
     # .pyc files are timestamp-based, like Debian's own, and come out the same every time.
     chroot_commands=(("/usr/bin/python3", "-m", "compileall", "-q", "/usr/lib/python3.11"),),
-    prune=(
-        "var/cache/apt/*.bin",
-        "var/cache/apt/archives/*.deb",
-        "var/lib/apt/lists/*_*",
-        "var/log/*.log",
-        "var/log/apt/*",
-        "var/cache/ldconfig/aux-cache",
-        "var/cache/debconf/*-old",
-        "var/lib/dpkg/*-old",
-        # Written from the build host; a runtime provides its own.
-        "etc/hostname",
-        "etc/resolv.conf",
-        # As Debian's slim images: no manuals, info pages or translations.
-        "usr/share/man/*",
-        "usr/share/info/*",
-        "usr/share/locale/*/",
-    ),
+    prune=_PRUNE,
     base_comment="Debian bookworm minbase without python",
     splits=(
         LayerSplit(
             name="python",
-            patterns=(
-                "usr/lib/python3*",
-                "usr/local/lib/python3*",
-                "usr/bin/python3*",
-                "usr/bin/py3*",
-                "usr/share/python3",
-                "usr/share/binfmts/python3*",
-                "usr/lib/binfmt.d/python3*",
-                "usr/share/doc/*python3*",
-                "usr/share/lintian/overrides/*python3*",
-                "etc/python3*",
-                "var/lib/dpkg/info/*python3*",
-            ),
+            patterns=_PYTHON_PATHS,
             comment="python3.11 interpreter and standard library",
         ),
     ),
@@ -273,4 +293,42 @@ BUSYBOX = BusyboxRecipe(
     cmd=("sh",),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (PYTHON, PYTHON_V2, BUSYBOX)}
+# Incompressible, and the same bytes every build: 8 files of 128 MiB from a seeded generator.
+_WRITE_DATASET = (
+    "import os, random\n"
+    "os.makedirs('/opt/dataset', exist_ok=True)\n"
+    "r = random.Random(20261128)\n"
+    "for shard in range(8):\n"
+    "    with open(f'/opt/dataset/shard-{shard:02}.bin', 'wb') as f:\n"
+    "        for _ in range(8):\n"
+    "            f.write(r.randbytes(16 << 20))\n"
+)
+
+NUMPY = DebootstrapRecipe(
+    name="numpy",
+    revision=1,
+    suite="bookworm",
+    arch="amd64",
+    variant="minbase",
+    include=("python3-minimal", "libpython3.11-stdlib", "python3-numpy"),
+    chroot_commands=(
+        ("/usr/bin/python3", "-m", "compileall", "-q", "/usr/lib/python3.11"),
+        ("/usr/bin/python3", "-c", _WRITE_DATASET),
+    ),
+    prune=_PRUNE,
+    base_comment="Debian bookworm minbase with numpy's native libraries, without python",
+    splits=(
+        LayerSplit(
+            name="python-numpy-data",
+            patterns=(*_PYTHON_PATHS, "opt/dataset"),
+            comment="python3.11, numpy and 1 GiB of data files",
+        ),
+    ),
+    top=None,
+    env=(STANDARD_PATH, "LANG=C.UTF-8"),
+    cmd=("python3",),
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PYTHON, PYTHON_V2, BUSYBOX, NUMPY)}
+# What the tests use, and what `python -m tests.images build` builds by default.
+TEST_IMAGES = ("python", "python-v2", "busybox")
