@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RuntimeServiceStub:
-    """Runtime service defines the public APIs for remote container runtimes
+    """Pods and containers, in the order kubelet starts a pod: RunPodSandbox, CreateContainer,
+    StartContainer, then ContainerStatus until it exits; the rest is for cleanup.
     """
 
     def __init__(self, channel):
@@ -39,6 +40,11 @@ class RuntimeServiceStub:
                 '/runtime.v1.RuntimeService/Version',
                 request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
                 response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Status',
+                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
+                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.RunPodSandbox = channel.unary_unary(
                 '/runtime.v1.RuntimeService/RunPodSandbox',
@@ -54,11 +60,6 @@ class RuntimeServiceStub:
                 '/runtime.v1.RuntimeService/RemovePodSandbox',
                 request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxRequest.SerializeToString,
                 response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxResponse.FromString,
-                _registered_method=True)
-        self.PodSandboxStatus = channel.unary_unary(
-                '/runtime.v1.RuntimeService/PodSandboxStatus',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusResponse.FromString,
                 _registered_method=True)
         self.ListPodSandbox = channel.unary_unary(
                 '/runtime.v1.RuntimeService/ListPodSandbox',
@@ -95,350 +96,81 @@ class RuntimeServiceStub:
                 request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatusRequest.SerializeToString,
                 response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatusResponse.FromString,
                 _registered_method=True)
-        self.UpdateContainerResources = channel.unary_unary(
-                '/runtime.v1.RuntimeService/UpdateContainerResources',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesResponse.FromString,
-                _registered_method=True)
-        self.ReopenContainerLog = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ReopenContainerLog',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogResponse.FromString,
-                _registered_method=True)
-        self.ExecSync = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ExecSync',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncResponse.FromString,
-                _registered_method=True)
-        self.Exec = channel.unary_unary(
-                '/runtime.v1.RuntimeService/Exec',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecResponse.FromString,
-                _registered_method=True)
-        self.Attach = channel.unary_unary(
-                '/runtime.v1.RuntimeService/Attach',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachResponse.FromString,
-                _registered_method=True)
-        self.PortForward = channel.unary_unary(
-                '/runtime.v1.RuntimeService/PortForward',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardResponse.FromString,
-                _registered_method=True)
-        self.ContainerStats = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ContainerStats',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsResponse.FromString,
-                _registered_method=True)
-        self.ListContainerStats = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ListContainerStats',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsResponse.FromString,
-                _registered_method=True)
-        self.PodSandboxStats = channel.unary_unary(
-                '/runtime.v1.RuntimeService/PodSandboxStats',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsResponse.FromString,
-                _registered_method=True)
-        self.ListPodSandboxStats = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ListPodSandboxStats',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsResponse.FromString,
-                _registered_method=True)
-        self.UpdateRuntimeConfig = channel.unary_unary(
-                '/runtime.v1.RuntimeService/UpdateRuntimeConfig',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigResponse.FromString,
-                _registered_method=True)
-        self.Status = channel.unary_unary(
-                '/runtime.v1.RuntimeService/Status',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
-                _registered_method=True)
-        self.CheckpointContainer = channel.unary_unary(
-                '/runtime.v1.RuntimeService/CheckpointContainer',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerResponse.FromString,
-                _registered_method=True)
-        self.GetContainerEvents = channel.unary_stream(
-                '/runtime.v1.RuntimeService/GetContainerEvents',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.GetEventsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerEventResponse.FromString,
-                _registered_method=True)
-        self.ListMetricDescriptors = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ListMetricDescriptors',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsResponse.FromString,
-                _registered_method=True)
-        self.ListPodSandboxMetrics = channel.unary_unary(
-                '/runtime.v1.RuntimeService/ListPodSandboxMetrics',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsResponse.FromString,
-                _registered_method=True)
-        self.RuntimeConfig = channel.unary_unary(
-                '/runtime.v1.RuntimeService/RuntimeConfig',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigResponse.FromString,
-                _registered_method=True)
-        self.UpdatePodSandboxResources = channel.unary_unary(
-                '/runtime.v1.RuntimeService/UpdatePodSandboxResources',
-                request_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesRequest.SerializeToString,
-                response_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesResponse.FromString,
-                _registered_method=True)
 
 
 class RuntimeServiceServicer:
-    """Runtime service defines the public APIs for remote container runtimes
+    """Pods and containers, in the order kubelet starts a pod: RunPodSandbox, CreateContainer,
+    StartContainer, then ContainerStatus until it exits; the rest is for cleanup.
     """
 
     def Version(self, request, context):
-        """Version returns the runtime name, runtime version, and runtime API version.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RunPodSandbox(self, request, context):
-        """RunPodSandbox creates and starts a pod-level sandbox. Runtimes must ensure
-        the sandbox is in the ready state on success.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def StopPodSandbox(self, request, context):
-        """StopPodSandbox stops any running process that is part of the sandbox and
-        reclaims network resources (e.g., IP addresses) allocated to the sandbox.
-        If there are any running containers in the sandbox, they must be forcibly
-        terminated.
-        This call is idempotent, and must not return an error if all relevant
-        resources have already been reclaimed. kubelet will call StopPodSandbox
-        at least once before calling RemovePodSandbox. It will also attempt to
-        reclaim resources eagerly, as soon as a sandbox is not needed. Hence,
-        multiple StopPodSandbox calls are expected.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RemovePodSandbox(self, request, context):
-        """RemovePodSandbox removes the sandbox. If there are any running containers
-        in the sandbox, they must be forcibly terminated and removed.
-        This call is idempotent, and must not return an error if the sandbox has
-        already been removed.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PodSandboxStatus(self, request, context):
-        """PodSandboxStatus returns the status of the PodSandbox. If the PodSandbox is not
-        present, returns an error.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListPodSandbox(self, request, context):
-        """ListPodSandbox returns a list of PodSandboxes.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateContainer(self, request, context):
-        """CreateContainer creates a new container in specified PodSandbox
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def StartContainer(self, request, context):
-        """StartContainer starts the container.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def StopContainer(self, request, context):
-        """StopContainer stops a running container with a grace period (i.e., timeout).
-        This call is idempotent, and must not return an error if the container has
-        already been stopped.
-        The runtime must forcibly kill the container after the grace period is
-        reached.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RemoveContainer(self, request, context):
-        """RemoveContainer removes the container. If the container is running, the
-        container must be forcibly removed.
-        This call is idempotent, and must not return an error if the container has
-        already been removed.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListContainers(self, request, context):
-        """ListContainers lists all containers by filters.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ContainerStatus(self, request, context):
-        """ContainerStatus returns status of the container. If the container is not
-        present, returns an error.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UpdateContainerResources(self, request, context):
-        """UpdateContainerResources updates ContainerConfig of the container synchronously.
-        If runtime fails to transactionally update the requested resources, an error is returned.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReopenContainerLog(self, request, context):
-        """ReopenContainerLog asks runtime to reopen the stdout/stderr log file
-        for the container. This is often called after the log file has been
-        rotated. If the container is not running, container runtime can choose
-        to either create a new log file and return nil, or return an error.
-        Once it returns error, new container log file MUST NOT be created.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ExecSync(self, request, context):
-        """ExecSync runs a command in a container synchronously.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Exec(self, request, context):
-        """Exec prepares a streaming endpoint to execute a command in the container.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Attach(self, request, context):
-        """Attach prepares a streaming endpoint to attach to a running container.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PortForward(self, request, context):
-        """PortForward prepares a streaming endpoint to forward ports from a PodSandbox.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ContainerStats(self, request, context):
-        """ContainerStats returns stats of the container. If the container does not
-        exist, the call returns an error.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListContainerStats(self, request, context):
-        """ListContainerStats returns stats of all running containers.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PodSandboxStats(self, request, context):
-        """PodSandboxStats returns stats of the pod sandbox. If the pod sandbox does not
-        exist, the call returns an error.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListPodSandboxStats(self, request, context):
-        """ListPodSandboxStats returns stats of the pod sandboxes matching a filter.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UpdateRuntimeConfig(self, request, context):
-        """UpdateRuntimeConfig updates the runtime configuration based on the given request.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Status returns the status of the runtime.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CheckpointContainer(self, request, context):
-        """CheckpointContainer checkpoints a container
-        """
+    def RunPodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetContainerEvents(self, request, context):
-        """GetContainerEvents gets container events from the CRI runtime
-        """
+    def StopPodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListMetricDescriptors(self, request, context):
-        """ListMetricDescriptors gets the descriptors for the metrics that will be returned in ListPodSandboxMetrics.
-        This list should be static at startup: either the client and server restart together when
-        adding or removing metrics descriptors, or they should not change.
-        Put differently, if ListPodSandboxMetrics references a name that is not described in the initial
-        ListMetricDescriptors call, then the metric will not be broadcasted.
-        """
+    def RemovePodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListPodSandboxMetrics(self, request, context):
-        """ListPodSandboxMetrics gets pod sandbox metrics from CRI Runtime
-        """
+    def ListPodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RuntimeConfig(self, request, context):
-        """RuntimeConfig returns configuration information of the runtime.
-        A couple of notes:
-        - The RuntimeConfigRequest object is not to be confused with the contents of UpdateRuntimeConfigRequest.
-        The former is for having runtime tell Kubelet what to do, the latter vice versa.
-        - It is the expectation of the Kubelet that these fields are static for the lifecycle of the Kubelet.
-        The Kubelet will not re-request the RuntimeConfiguration after startup, and CRI implementations should
-        avoid updating them without a full node reboot.
-        """
+    def CreateContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UpdatePodSandboxResources(self, request, context):
-        """UpdatePodSandboxResources synchronously updates the PodSandboxConfig with
-        the pod-level resource configuration. This method is called _after_ the
-        Kubelet reconfigures the pod-level cgroups.
-        This request is treated as best effort, and failure will not block the
-        Kubelet with proceeding with a resize.
-        """
+    def StartContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContainers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ContainerStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -450,6 +182,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionRequest.FromString,
                     response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.FromString,
+                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.SerializeToString,
             ),
             'RunPodSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.RunPodSandbox,
@@ -465,11 +202,6 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.RemovePodSandbox,
                     request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxRequest.FromString,
                     response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxResponse.SerializeToString,
-            ),
-            'PodSandboxStatus': grpc.unary_unary_rpc_method_handler(
-                    servicer.PodSandboxStatus,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusResponse.SerializeToString,
             ),
             'ListPodSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPodSandbox,
@@ -506,96 +238,6 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatusRequest.FromString,
                     response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatusResponse.SerializeToString,
             ),
-            'UpdateContainerResources': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateContainerResources,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesResponse.SerializeToString,
-            ),
-            'ReopenContainerLog': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReopenContainerLog,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogResponse.SerializeToString,
-            ),
-            'ExecSync': grpc.unary_unary_rpc_method_handler(
-                    servicer.ExecSync,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncResponse.SerializeToString,
-            ),
-            'Exec': grpc.unary_unary_rpc_method_handler(
-                    servicer.Exec,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecResponse.SerializeToString,
-            ),
-            'Attach': grpc.unary_unary_rpc_method_handler(
-                    servicer.Attach,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachResponse.SerializeToString,
-            ),
-            'PortForward': grpc.unary_unary_rpc_method_handler(
-                    servicer.PortForward,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardResponse.SerializeToString,
-            ),
-            'ContainerStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.ContainerStats,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsResponse.SerializeToString,
-            ),
-            'ListContainerStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListContainerStats,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsResponse.SerializeToString,
-            ),
-            'PodSandboxStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.PodSandboxStats,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsResponse.SerializeToString,
-            ),
-            'ListPodSandboxStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListPodSandboxStats,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsResponse.SerializeToString,
-            ),
-            'UpdateRuntimeConfig': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateRuntimeConfig,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigResponse.SerializeToString,
-            ),
-            'Status': grpc.unary_unary_rpc_method_handler(
-                    servicer.Status,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.SerializeToString,
-            ),
-            'CheckpointContainer': grpc.unary_unary_rpc_method_handler(
-                    servicer.CheckpointContainer,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerResponse.SerializeToString,
-            ),
-            'GetContainerEvents': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetContainerEvents,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.GetEventsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerEventResponse.SerializeToString,
-            ),
-            'ListMetricDescriptors': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListMetricDescriptors,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsResponse.SerializeToString,
-            ),
-            'ListPodSandboxMetrics': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListPodSandboxMetrics,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsResponse.SerializeToString,
-            ),
-            'RuntimeConfig': grpc.unary_unary_rpc_method_handler(
-                    servicer.RuntimeConfig,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigResponse.SerializeToString,
-            ),
-            'UpdatePodSandboxResources': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdatePodSandboxResources,
-                    request_deserializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesRequest.FromString,
-                    response_serializer=lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'runtime.v1.RuntimeService', rpc_method_handlers)
@@ -605,7 +247,8 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RuntimeService:
-    """Runtime service defines the public APIs for remote container runtimes
+    """Pods and containers, in the order kubelet starts a pod: RunPodSandbox, CreateContainer,
+    StartContainer, then ContainerStatus until it exits; the rest is for cleanup.
     """
 
     @staticmethod
@@ -625,6 +268,33 @@ class RuntimeService:
             '/runtime.v1.RuntimeService/Version',
             lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
             lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Status',
+            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
+            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -706,33 +376,6 @@ class RuntimeService:
             '/runtime.v1.RuntimeService/RemovePodSandbox',
             lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxRequest.SerializeToString,
             lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RemovePodSandboxResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PodSandboxStatus(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/PodSandboxStatus',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -932,495 +575,9 @@ class RuntimeService:
             metadata,
             _registered_method=True)
 
-    @staticmethod
-    def UpdateContainerResources(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/UpdateContainerResources',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateContainerResourcesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReopenContainerLog(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ReopenContainerLog',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ReopenContainerLogResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ExecSync(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ExecSync',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecSyncResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Exec(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/Exec',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ExecResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Attach(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/Attach',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.AttachResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PortForward(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/PortForward',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PortForwardResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ContainerStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ContainerStats',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListContainerStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ListContainerStats',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListContainerStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PodSandboxStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/PodSandboxStats',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.PodSandboxStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListPodSandboxStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ListPodSandboxStats',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UpdateRuntimeConfig(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/UpdateRuntimeConfig',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdateRuntimeConfigResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Status(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/Status',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CheckpointContainer(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/CheckpointContainer',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.CheckpointContainerResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetContainerEvents(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/GetContainerEvents',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.GetEventsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ContainerEventResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListMetricDescriptors(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ListMetricDescriptors',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListMetricDescriptorsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListPodSandboxMetrics(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/ListPodSandboxMetrics',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.ListPodSandboxMetricsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RuntimeConfig(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/RuntimeConfig',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.RuntimeConfigResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UpdatePodSandboxResources(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/runtime.v1.RuntimeService/UpdatePodSandboxResources',
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesRequest.SerializeToString,
-            lazyimage_dot_snapshotter_dot___proto_dot_cri_dot_runtime_dot_v1_dot_api__pb2.UpdatePodSandboxResourcesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
 
 class ImageServiceStub:
-    """ImageService defines the public APIs for managing images.
+    """Images: PullImage is where containerd's CRI plugin prepares the layers on our snapshotter.
     """
 
     def __init__(self, channel):
@@ -1457,44 +614,35 @@ class ImageServiceStub:
 
 
 class ImageServiceServicer:
-    """ImageService defines the public APIs for managing images.
+    """Images: PullImage is where containerd's CRI plugin prepares the layers on our snapshotter.
     """
 
     def ListImages(self, request, context):
-        """ListImages lists existing images.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ImageStatus(self, request, context):
-        """ImageStatus returns the status of the image. If the image is not
-        present, returns a response with ImageStatusResponse.Image set to
-        nil.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PullImage(self, request, context):
-        """PullImage pulls an image with authentication config.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveImage(self, request, context):
-        """RemoveImage removes the image.
-        This call is idempotent, and must not return an error if the image has
-        already been removed.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ImageFsInfo(self, request, context):
-        """ImageFSInfo returns information of the filesystem that is used to store images.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1536,7 +684,7 @@ def add_ImageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ImageService:
-    """ImageService defines the public APIs for managing images.
+    """Images: PullImage is where containerd's CRI plugin prepares the layers on our snapshotter.
     """
 
     @staticmethod
