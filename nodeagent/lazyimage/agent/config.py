@@ -23,6 +23,7 @@ class AgentConfig:
     cache_size: int
     prefetch_bandwidth: int  # bytes/s for prefetch and background fill; 0 = unlimited
     background_fill: bool
+    background_quiet: float  # seconds without on-demand fetches before fill goes on
     stall_timeout: float
     log_level: str
 
@@ -103,6 +104,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="fetch the rest of each layer in the background (LAZYIMAGE_BACKGROUND_FILL)",
     )
     parser.add_argument(
+        "--background-quiet",
+        type=float,
+        default=float(env.get("LAZYIMAGE_BACKGROUND_QUIET", "1.0")),
+        metavar="SECONDS",
+        help="background fill waits until on-demand fetches were idle this long, so it stays "
+        "out of a starting container's way (LAZYIMAGE_BACKGROUND_QUIET)",
+    )
+    parser.add_argument(
         "--stall-timeout",
         type=float,
         default=float(env.get("LAZYIMAGE_STALL_TIMEOUT", "2.0")),
@@ -131,6 +140,7 @@ def parse_config(
         cache_size=args.cache_size,
         prefetch_bandwidth=args.prefetch_bandwidth,
         background_fill=args.background_fill,
+        background_quiet=args.background_quiet,
         stall_timeout=args.stall_timeout,
         log_level=args.log_level,
     )

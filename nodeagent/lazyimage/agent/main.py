@@ -41,7 +41,9 @@ async def serve(config: AgentConfig) -> None:
     cache = await trio.to_thread.run_sync(ChunkCache, config.cache_dir, config.cache_size)
     fs = LayerFilesystem()
     bucket = TokenBucket(config.prefetch_bandwidth or None, burst=4 << 20)
-    fetch_config = FetchConfig(stall_timeout=config.stall_timeout)
+    fetch_config = FetchConfig(
+        stall_timeout=config.stall_timeout, background_quiet=config.background_quiet
+    )
     with cache, FuseSession(config.mountpoint, fs) as session:
         async with (
             RegistryClient(

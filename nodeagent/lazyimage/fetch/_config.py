@@ -31,9 +31,14 @@ class FetchConfig:
     max_range: int = 16 << 20  # merged ranges are at most this big
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
+    # Background fill starts a range only after on-demand reads and prefetch were idle this
+    # long, so it stays out of a starting workload's way.
+    background_quiet: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.stall_timeout > 0 or not self.demand_deadline > 0:
             raise ValueError("stall_timeout and demand_deadline must be positive")
+        if self.background_quiet < 0:
+            raise ValueError("background_quiet must be >= 0")
         if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")

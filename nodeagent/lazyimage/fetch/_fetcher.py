@@ -274,11 +274,12 @@ class LayerFetcher:
     async def _wait_turn(self, priority: Priority, size: int) -> None:
         """Let higher priorities go first, then take ``size`` bytes from the bucket."""
         gate = self._gate_now()
-        await gate.wait_turn(priority)
+        quiet = self.config.background_quiet if priority is Priority.BACKGROUND else 0.0
+        await gate.wait_turn(priority, quiet)
         if self.bucket is not None and size:
             await self.bucket.take(size)
             # Demand may have arrived while the bucket refilled.
-            await gate.wait_turn(priority)
+            await gate.wait_turn(priority, quiet)
 
     async def _claim_span(
         self, span: Span, members: dict[ByteRange, list[Chunk]], priority: Priority

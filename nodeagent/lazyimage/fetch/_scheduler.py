@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -29,10 +30,15 @@ class PriorityGate:
     """Counts the fetches active at each priority. ``wait_turn(p)`` returns once nothing of
     a higher priority is queued or in flight; lower priorities call it between their ranges,
     so on-demand reads never queue behind a prefetch for long.
+
+    With ``quiet``, it also waits until higher priorities have been idle that long. A
+    starting workload misses in bursts, with its own work in between: a background fill
+    that ran in those gaps would take the link and the CPU the next burst needs.
     """
 
     def __init__(self) -> None:
         self._active = [0] * len(Priority)
+        self._idle_since = [-math.inf] * len(Priority)
         self._changed: anyio.Event | None = None
 
     def busy_above(self, priority: Priority) -> bool:
@@ -45,16 +51,25 @@ class PriorityGate:
             yield
         finally:
             self._active[priority] -= 1
+            if not self._active[priority]:
+                self._idle_since[priority] = anyio.current_time()
             if self._changed is not None:
                 self._changed.set()
                 self._changed = None
 
-    async def wait_turn(self, priority: Priority) -> None:
+    async def wait_turn(self, priority: Priority, quiet: float = 0.0) -> None:
         await anyio.lowlevel.checkpoint()
-        while self.busy_above(priority):
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
+        while True:
+            if self.busy_above(priority):
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+            last = max(self._idle_since[:priority], default=-math.inf)
+            left = last + quiet - anyio.current_time()
+            if left <= 0:
+                return
+            await anyio.sleep(left)
 
 
 _SHARED = anyio.lowlevel.RunVar[PriorityGate]("lazyimage_fetch_gate")

@@ -50,6 +50,39 @@ async def test_background_waits_for_prefetch() -> None:
             await passed.wait()
 
 
+async def test_background_waits_for_a_quiet_period_after_demand() -> None:
+    gate = PriorityGate()
+    quiet = 0.3
+    # Nothing was ever active: no wait.
+    with anyio.fail_after(0.1):
+        await gate.wait_turn(Priority.BACKGROUND, quiet)
+
+    for _ in range(2):  # a burst of demand, with a gap shorter than the quiet period
+        with gate.active(Priority.DEMAND):
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+    ended = anyio.current_time() - 0.1
+    await gate.wait_turn(Priority.BACKGROUND, quiet)
+    waited = anyio.current_time() - ended
+    assert quiet <= waited < quiet + 0.2
+
+    # Demand during the wait restarts it; prefetch ignores the quiet period of background.
+    async def more_demand() -> None:
+        await anyio.sleep(0.1)
+        with gate.active(Priority.DEMAND):
+            await anyio.sleep(0.01)
+
+    with gate.active(Priority.DEMAND):
+        await anyio.sleep(0.01)
+    started = anyio.current_time()
+    async with anyio.create_task_group() as group:
+        group.start_soon(more_demand)
+        await gate.wait_turn(Priority.BACKGROUND, quiet)
+        assert anyio.current_time() - started >= 0.11 + quiet
+    with anyio.fail_after(0.1):
+        await gate.wait_turn(Priority.PREFETCH)
+
+
 async def test_shared_gate_is_one_per_event_loop() -> None:
     assert shared_gate() is shared_gate()
 
