@@ -106,10 +106,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--background-quiet",
         type=float,
-        default=float(env.get("LAZYIMAGE_BACKGROUND_QUIET", "1.0")),
+        default=float(env.get("LAZYIMAGE_BACKGROUND_QUIET", "2.0")),
         metavar="SECONDS",
-        help="background fill waits until on-demand fetches were idle this long, so it stays "
-        "out of a starting container's way (LAZYIMAGE_BACKGROUND_QUIET)",
+        help="background fill starts this long after a layer's prefetch, and pauses until "
+        "on-demand fetches were idle this long, so it stays out of a starting container's "
+        "way (LAZYIMAGE_BACKGROUND_QUIET)",
     )
     parser.add_argument(
         "--stall-timeout",

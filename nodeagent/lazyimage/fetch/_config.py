@@ -32,13 +32,16 @@ class FetchConfig:
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
     # Background fill starts a range only after on-demand reads and prefetch were idle this
-    # long, so it stays out of a starting workload's way.
-    background_quiet: float = 1.0
+    # long (and not before this long after the fill began), so it stays out of a starting
+    # workload's way; and its ranges are short, so a read that needs one of them, or the
+    # link, waits little.
+    background_quiet: float = 2.0
+    background_range: int = 2 << 20
 
     def __post_init__(self) -> None:
         if not self.stall_timeout > 0 or not self.demand_deadline > 0:
             raise ValueError("stall_timeout and demand_deadline must be positive")
-        if self.background_quiet < 0:
-            raise ValueError("background_quiet must be >= 0")
+        if self.background_quiet < 0 or self.background_range <= 0:
+            raise ValueError("background_quiet must be >= 0 and background_range positive")
         if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")

@@ -102,6 +102,7 @@ class LayerFetcher:
         self._fetched = 0
         self._last_failure = ""
         self._prefetches: set[anyio.CancelScope] = set()
+        self._background_since: float | None = None  # when background fill first asked
         self._closed = False
 
     # -- public API --------------------------------------------------------------------------
@@ -171,7 +172,12 @@ class LayerFetcher:
         members: dict[ByteRange, list[Chunk]] = {}
         for chunk in self._wanted(chunks):
             members.setdefault(member_of(chunk), []).append(chunk)
-        spans = merge_ranges(members, max_gap=self.config.merge_gap, max_size=self.config.max_range)
+        longest = (
+            self.config.background_range
+            if priority is Priority.BACKGROUND
+            else self.config.max_range
+        )
+        spans = merge_ranges(members, max_gap=self.config.merge_gap, max_size=longest)
         failures: list[LazyImageError] = []
         with anyio.CancelScope() as scope:
             self._prefetches.add(scope)
@@ -274,12 +280,16 @@ class LayerFetcher:
     async def _wait_turn(self, priority: Priority, size: int) -> None:
         """Let higher priorities go first, then take ``size`` bytes from the bucket."""
         gate = self._gate_now()
-        quiet = self.config.background_quiet if priority is Priority.BACKGROUND else 0.0
-        await gate.wait_turn(priority, quiet)
+        quiet, since = 0.0, -math.inf
+        if priority is Priority.BACKGROUND:
+            if self._background_since is None:
+                self._background_since = anyio.current_time()
+            quiet, since = self.config.background_quiet, self._background_since
+        await gate.wait_turn(priority, quiet, since)
         if self.bucket is not None and size:
             await self.bucket.take(size)
             # Demand may have arrived while the bucket refilled.
-            await gate.wait_turn(priority, quiet)
+            await gate.wait_turn(priority, quiet, since)
 
     async def _claim_span(
         self, span: Span, members: dict[ByteRange, list[Chunk]], priority: Priority

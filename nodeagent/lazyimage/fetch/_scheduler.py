@@ -57,7 +57,11 @@ class PriorityGate:
                 self._changed.set()
                 self._changed = None
 
-    async def wait_turn(self, priority: Priority, quiet: float = 0.0) -> None:
+    async def wait_turn(
+        self, priority: Priority, quiet: float = 0.0, since: float = -math.inf
+    ) -> None:
+        """Return once no higher priority is active, and none was for ``quiet`` seconds,
+        counting at the earliest from ``since`` (an ``anyio.current_time()``)."""
         await anyio.lowlevel.checkpoint()
         while True:
             if self.busy_above(priority):
@@ -65,7 +69,7 @@ class PriorityGate:
                     self._changed = anyio.Event()
                 await self._changed.wait()
                 continue
-            last = max(self._idle_since[:priority], default=-math.inf)
+            last = max([since, *self._idle_since[:priority]])
             left = last + quiet - anyio.current_time()
             if left <= 0:
                 return

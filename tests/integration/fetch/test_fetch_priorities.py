@@ -64,7 +64,12 @@ async def test_prefetch_bandwidth_is_capped(registry: RegistryServer, tmp_path: 
     rate, burst = 4 * MiB, 256 * KiB
     async with client_for(registry.host) as client:
         with layer_fetcher(
-            client, layer, tmp_path / "cache", FetchConfig(), TokenBucket(rate, burst)
+            # The cap alone: no quiet period before the fill.
+            client,
+            layer,
+            tmp_path / "cache",
+            FetchConfig(background_quiet=0),
+            TokenBucket(rate, burst),
         ) as fetch:
             registry.clear_access_log()
             started = anyio.current_time()
@@ -74,6 +79,44 @@ async def test_prefetch_bandwidth_is_capped(registry: RegistryServer, tmp_path: 
     assert sent == chunks[-1].end - chunks[0].offset
     assert (sent - burst) / rate * 0.95 <= elapsed < sent / rate + 1.5, (sent, elapsed)
     assert sample("lazyimage_fetched_bytes_total", layer=layer.digest, reason="background") == sent
+
+
+async def test_background_fill_waits_for_quiet_in_short_ranges(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    layer = await push_layer(
+        registry.host, "prio/quiet", tmp_path, app_items(32, 256 * KiB, seed=5)
+    )
+    chunks = layer.chunks("app/")
+    quiet = 0.5
+    config = FetchConfig(background_quiet=quiet, background_range=600 * KiB)
+    times: dict[str, float] = {}
+    async with client_for(registry.host) as client:
+        with layer_fetcher(client, layer, tmp_path / "cache", config) as fetch:
+            registry.clear_access_log()
+            started = anyio.current_time()
+
+            async def fill() -> None:
+                await fetch.prefetch(chunks, Priority.BACKGROUND)
+                times["fill"] = anyio.current_time() - started
+
+            async def demand() -> None:
+                await anyio.sleep(0.3)  # within the fill's first quiet period
+                await fetch.read(layer.file("app/file000"))
+                times["demand"] = anyio.current_time() - started
+                times["filled_then"] = sample(
+                    "lazyimage_fetched_bytes_total", layer=layer.digest, reason="background"
+                )
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(fill)
+                group.start_soon(demand)
+    # Nothing of the fill went before the demand read; the fill then waited a quiet period.
+    assert times["filled_then"] == 0
+    assert times["fill"] >= times["demand"] + quiet, times
+    sent = range_gets(registry, layer.digest)
+    assert sum(sent) == chunks[-1].end - chunks[0].offset
+    assert len(sent) > 10 and max(sent) <= 600 * KiB
 
 
 async def test_prefetch_zone_in_a_few_large_ranges(

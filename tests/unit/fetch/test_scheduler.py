@@ -82,6 +82,11 @@ async def test_background_waits_for_a_quiet_period_after_demand() -> None:
     with anyio.fail_after(0.1):
         await gate.wait_turn(Priority.PREFETCH)
 
+    # `since` starts the quiet period without any activity (a fill's first range).
+    started = anyio.current_time()
+    await gate.wait_turn(Priority.BACKGROUND, quiet, since=started)
+    assert anyio.current_time() - started >= quiet
+
 
 async def test_shared_gate_is_one_per_event_loop() -> None:
     assert shared_gate() is shared_gate()
