@@ -123,6 +123,7 @@ class Sample:
     pull_seconds: float
     fetched: int  # layer bytes the registry served during the run
     peak_rss: int  # the snapshotter process's VmHWM, bytes; 0 for containerd's own
+    steps: dict[str, float] = field(default_factory=dict)  # CRI call -> seconds
 
 
 @dataclass
@@ -316,7 +317,10 @@ def measure(
                 raise BenchError(f"{side}: the container wrote nothing")
             fetched = registry_bytes(registry, [layer.digest for layer in layers])
             peak = _vm_hwm(pid) if pid else 0
-    return Sample(seconds, run.pull_seconds, fetched, peak)
+    steps = dict(run.timings)
+    # From StartContainer's return to the first line: the process's own start and work.
+    steps["first output"] = seconds - sum(v for k, v in run.timings.items() if k != "wait")
+    return Sample(seconds, run.pull_seconds, fetched, peak, steps)
 
 
 def learn_startup_files(ctx: Context, workload: Workload, published: Published) -> list[str]:

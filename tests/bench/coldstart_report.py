@@ -48,6 +48,8 @@ class SampleLike(Protocol):
     def fetched(self) -> int: ...
     @property
     def peak_rss(self) -> int: ...
+    @property
+    def steps(self) -> Mapping[str, float]: ...
 
 
 Summary = dict[str, dict[str, dict[str, dict[str, Any]]]]  # workload -> link -> side -> figures
@@ -70,6 +72,11 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Sequence[SampleLik
                     "pull_s": statistics.median(s.pull_seconds for s in samples),
                     "fetched_bytes": int(statistics.median(s.fetched for s in samples)),
                     "peak_rss_bytes": int(statistics.median(s.peak_rss for s in samples)),
+                    "steps_s": {
+                        step: statistics.median(s.steps.get(step, 0.0) for s in samples)
+                        for step in samples[0].steps
+                        if step != "wait"
+                    },
                 }
             if figures:
                 summary.setdefault(workload, {})[link] = figures
@@ -124,6 +131,18 @@ def _rows(figures: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
+_STEPS = ("pull", "sandbox", "create", "start", "first output")
+
+
+def _step_rows(figures: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    return [
+        [side, *(f"{f['steps_s'].get(step, 0.0):.2f}" for step in _STEPS)]
+        for side, f in figures.items()
+    ]
+
+
+_STEP_HEADER = ["side (median s of each CRI step)", *_STEPS]
+
 _HEADER = [
     "side",
     "median s",
@@ -146,6 +165,7 @@ def print_tables(summary: Summary, runs: int) -> None:
             )
             for target in targets(figures):
                 print(f"  {_target_text(target)}", flush=True)
+            print_table("", _STEP_HEADER, _step_rows(figures))
 
 
 def _markdown(summary: Summary, report: Mapping[str, Any]) -> str:
@@ -176,6 +196,10 @@ def _markdown(summary: Summary, report: Mapping[str, Any]) -> str:
             lines += ["| " + " | ".join(row) + " |" for row in _rows(figures)]
             lines.append("")
             lines += [f"- {_target_text(t)}" for t in targets(figures)]
+            lines.append("")
+            lines.append("| " + " | ".join(_STEP_HEADER) + " |")
+            lines.append("|" + "|".join("---" for _ in _STEP_HEADER) + "|")
+            lines += ["| " + " | ".join(row) + " |" for row in _step_rows(figures)]
             lines.append("")
     return "\n".join(lines)
 
