@@ -35,7 +35,8 @@ P = METRIC_PREFIX
 FETCHED_BYTES = Counter(
     f"{P}fetched_bytes",
     "Compressed bytes fetched from registries, by layer and reason "
-    "(demand: a read waited for them; prefetch: the priority zone; background: fill; toc).",
+    "(demand: a read waited for them; readahead: the files after a demand miss, fetched "
+    "with it; prefetch: the priority zone; background: fill; toc).",
     ["layer", "reason"],
     registry=REGISTRY,
 )

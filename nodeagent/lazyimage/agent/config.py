@@ -36,6 +36,10 @@ class AgentConfig:
         return self.state_dir / "cache"
 
     @property
+    def tocs_dir(self) -> Path:
+        return self.state_dir / "tocs"
+
+    @property
     def snapshotter_dir(self) -> Path:
         return self.state_dir / "snapshotter"
 

@@ -7,8 +7,10 @@ with a reference count.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,12 @@ import structlog
 import trio
 
 from lazyimage import errors, metrics
-from lazyimage.cache import ChunkCache
+from lazyimage.agent.preload import Preloader
+from lazyimage.cache import ChunkCache, StoredTOC, TOCStore
 from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
 from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, RegistrySource, TokenBucket
 from lazyimage.fusefs import LayerFilesystem
-from lazyimage.layer import ROOT, AccessRecorder, LayerTree, RemoteLayer
+from lazyimage.layer import ROOT, AccessRecorder, Following, LayerTree, RemoteLayer
 from lazyimage.oci import is_digest
 from lazyimage.registry import Reference, RegistryClient
 
@@ -99,6 +102,7 @@ class LayerManager:
         fetch_config: FetchConfig | None = None,
         bucket: TokenBucket | None = None,
         background_fill: bool = True,
+        tocs: TOCStore | None = None,
     ) -> None:
         self._fs = fs
         self._client = client
@@ -107,8 +111,12 @@ class LayerManager:
         self._config = fetch_config or FetchConfig()
         self._bucket = bucket
         self._background = background_fill
+        self._tocs = tocs
         self._layers: dict[str, MountedLayer] = {}
         self._lock = trio.Lock()
+        self._preloader: Preloader[_Opened] = Preloader(
+            self._preload_open, lambda opened: opened.fetcher.close()
+        )
 
     def get(self, name: str) -> MountedLayer:
         layer = self._layers.get(name)
@@ -129,13 +137,19 @@ class LayerManager:
             fetcher, tree, size = await self._open(spec)
             recorder = AccessRecorder()
 
-            async def read_chunks(chunks: Sequence[Chunk]) -> list[bytes]:
-                return await fetcher.read(chunks, Priority.DEMAND)
+            async def read_chunks(
+                chunks: Sequence[Chunk], *, following: Following | None = None
+            ) -> list[bytes]:
+                return await fetcher.read(chunks, Priority.DEMAND, following=following)
 
-            async def read_slice(chunk: Chunk, start: int, length: int) -> bytes:
-                return await fetcher.read_slice(chunk, start, length, Priority.DEMAND)
+            async def read_slice(
+                chunk: Chunk, start: int, length: int, *, following: Following | None = None
+            ) -> bytes:
+                return await fetcher.read_slice(
+                    chunk, start, length, Priority.DEMAND, following=following
+                )
 
-            layer = RemoteLayer(tree, read_chunks, recorder, read_slice)
+            layer = RemoteLayer(tree, read_chunks, recorder, read_slice, read_ahead=True)
             path = self._fs.add_layer(spec.name, layer)
             mounted = MountedLayer(spec, size, path, tree, fetcher, recorder, time.monotonic())
             self._layers[spec.name] = mounted
@@ -161,6 +175,7 @@ class LayerManager:
             await self._fs.remove_layer(name)
             layer.fetcher.close()
             metrics.forget_layer(layer.spec.digest)
+            await trio.to_thread.run_sync(_release_memory)
             log.info("layer_unmounted", layer=layer.spec.digest)
 
     async def prefetch(self, spec: LayerSpec, paths: list[str] | None) -> dict[str, Any]:
@@ -183,8 +198,62 @@ class LayerManager:
             if mounted is None:
                 fetcher.close()
 
+    def preload(self, ref: Reference, digests: Sequence[str]) -> int:
+        """Start opening these layers of an image (footer, TOC, index) ahead of their mounts;
+        a mount takes its layer from here if the TOC digest it is given matches."""
+        todo = [d for d in digests if d.split(":", 1)[-1] not in self._layers]
+        return self._preloader.start(self._nursery, ref, todo)
+
+    async def _preload_open(self, ref: Reference, digest: str) -> _Opened:
+        return await self._load(LayerSpec(ref, digest, toc_digest=""))
+
     async def _open(self, spec: LayerSpec) -> tuple[LayerFetcher, LayerTree, int]:
-        """Read and verify the layer's TOC (two range reads at most) and index it."""
+        """The layer's fetcher and index, its TOC verified against ``spec.toc_digest``."""
+        opened = await self._preloader.take(spec.digest)
+        if opened is not None and opened.tree.toc_digest != spec.toc_digest:
+            log.warning(
+                "preloaded_toc_mismatch",
+                layer=spec.digest,
+                toc=opened.tree.toc_digest,
+                expected=spec.toc_digest,
+            )
+            opened.fetcher.close()
+            opened = None
+        if opened is None:
+            opened = await self._load(spec)
+        return opened.fetcher, opened.tree, opened.size
+
+    async def _load(self, spec: LayerSpec) -> _Opened:
+        """Open a layer from its stored TOC, else from the registry (footer, then TOC). An
+        empty ``spec.toc_digest`` verifies nothing: the caller compares ``toc_digest``."""
+        if self._tocs is not None:
+            stored = await trio.to_thread.run_sync(self._tocs.get, spec.digest)
+            if stored is not None:
+                try:
+                    return await self._open_stored(spec, stored)
+                except (errors.FormatError, errors.VerificationError) as exc:
+                    log.warning("stored_toc_refused", layer=spec.digest, error=str(exc))
+                    await trio.to_thread.run_sync(self._tocs.discard, spec.digest)
+        return await self._open_remote(spec)
+
+    async def _open_stored(self, spec: LayerSpec, stored: StoredTOC) -> _Opened:
+        loader = TOCLoader(
+            stored.blob_size, tail_size=len(stored.tail), expected_digest=spec.toc_digest
+        )
+        loader.feed_tail(stored.tail)
+        tree = await trio.to_thread.run_sync(_build_tree, loader)
+        source = RegistrySource(
+            self._client,
+            spec.ref,
+            spec.digest,
+            stored.blob_size,
+            stall_timeout=self._config.stall_timeout,
+        )
+        fetcher = LayerFetcher(source, self._cache, spec.digest, self._config, self._bucket)
+        return _Opened(fetcher, tree, stored.blob_size)
+
+    async def _open_remote(self, spec: LayerSpec) -> _Opened:
+        """Read the layer's footer and TOC (two range reads), verify and index it."""
         size = spec.size or await self._client.blob_size(spec.ref, spec.digest)
         source = RegistrySource(
             self._client, spec.ref, spec.digest, size, stall_timeout=self._config.stall_timeout
@@ -195,28 +264,73 @@ class LayerManager:
         tail = await source.read(*loader.tail_range)
         toc_bytes = len(tail)
         rest = loader.feed_tail(tail)
+        blob_end = tail[loader.toc_offset - loader.tail_range[0] :] if rest is None else b""
         if rest is not None:
-            loader.feed_rest(await source.read(*rest))
+            member = await source.read(*rest)
+            loader.feed_rest(member)
             toc_bytes += rest[1]
-        # Parsing a large TOC takes a while; the TOC is dropped once the tree is built.
-        tree = await trio.to_thread.run_sync(lambda: LayerTree(loader.toc()))
+            blob_end = member + tail
+        # Parsing a large TOC takes a while. The tree is built straight from the TOC's JSON,
+        # with no TOC tree in between.
+        tree = await trio.to_thread.run_sync(_build_tree, loader)
         metrics.FETCHED_BYTES.labels(spec.digest, "toc").inc(toc_bytes)
+        if self._tocs is not None:
+            stored = StoredTOC(loader.toc_offset, blob_end)
+            await trio.to_thread.run_sync(self._tocs.put, spec.digest, stored)
         fetcher = LayerFetcher(source, self._cache, spec.digest, self._config, self._bucket)
-        return fetcher, tree, size
+        return _Opened(fetcher, tree, size)
 
     async def _prefetch_layer(self, layer: MountedLayer, background: bool) -> None:
         try:
             await layer.fetcher.prefetch(_zone_chunks(layer.tree), Priority.PREFETCH)
             layer.prefetch_done.set()
             if background:
-                await layer.fetcher.prefetch(list(layer.tree.all_chunks()), Priority.BACKGROUND)
+                # Lazily: the fetcher takes the layer's chunks a window at a time.
+                await layer.fetcher.prefetch(layer.tree.all_chunks(), Priority.BACKGROUND)
                 layer.fill_done.set()
+                await trio.to_thread.run_sync(_release_memory)
         except errors.LazyImageError as exc:
             # Prefetch is an optimisation: reads still fetch on demand.
             layer.prefetch_error = str(exc)
             log.warning("prefetch_failed", layer=layer.spec.digest, error=str(exc))
         finally:
             layer.prefetch_done.set()
+
+
+@dataclass
+class _Opened:
+    fetcher: LayerFetcher
+    tree: LayerTree
+    size: int
+
+
+def _build_tree(loader: TOCLoader) -> LayerTree:
+    tree = LayerTree.from_loader(loader)
+    _release_memory()  # the TOC's JSON text and the walk's bookkeeping, tens of MB
+    return tree
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's; musl has none
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def _release_memory() -> None:
+    """Give the allocator's free pages back to the system.
+
+    Building a large tree, a background fill or an unmount frees tens of MB at once, and
+    glibc keeps such memory for reuse (after a large free it raises its trim threshold to
+    match), so without this the agent would stay at its peak RSS for good.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _zone_chunks(tree: LayerTree) -> list[Chunk]:

@@ -21,7 +21,7 @@ from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
 from lazyimage.agent.remote import AgentRemoteFS
-from lazyimage.cache import ChunkCache
+from lazyimage.cache import ChunkCache, TOCStore
 from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.logs import configure_logging
@@ -59,6 +59,7 @@ async def serve(config: AgentConfig) -> None:
                 fetch_config=fetch_config,
                 bucket=bucket,
                 background_fill=config.background_fill,
+                tocs=TOCStore(config.tocs_dir),
             )
             token = trio.lowlevel.current_trio_token()
             control = AgentControl(manager, cache, str(config.mountpoint))

@@ -19,7 +19,7 @@ from lazyimage.agent.layers import LayerManager, LayerSpec
 from lazyimage.oci import is_digest
 from lazyimage.registry import Reference
 
-__all__ = ["AgentRemoteFS", "NotEligibleError", "spec_from_labels"]
+__all__ = ["AgentRemoteFS", "NotEligibleError", "image_layers", "spec_from_labels"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,13 @@ def spec_from_labels(labels: Mapping[str, str]) -> LayerSpec:
     return LayerSpec(ref, digest, toc_digest)
 
 
+def image_layers(labels: Mapping[str, str]) -> list[str]:
+    """The image's layer digests that CRI lists on each layer's Prepare (containerd leaves
+    out those that would not fit the label's size limit)."""
+    listed = labels.get(names.LABEL_CRI_IMAGE_LAYERS, "")
+    return [d for d in (part.strip() for part in listed.split(",")) if is_digest(d)]
+
+
 class AgentRemoteFS:
     """Implements snapshotter.RemoteFS over the agent's LayerManager."""
 
@@ -66,6 +73,11 @@ class AgentRemoteFS:
     def mount(self, name: str, labels: Mapping[str, str]) -> Path | None:
         try:
             spec = spec_from_labels(labels)
+            others = [d for d in image_layers(labels) if d != spec.digest]
+            if others:  # containerd prepares them next, one at a time: open them now
+                trio.from_thread.run_sync(
+                    self._manager.preload, spec.ref, others, trio_token=self._token
+                )
             mounted = trio.from_thread.run(self._manager.mount, spec, trio_token=self._token)
         except NotEligibleError as exc:
             metrics.SNAPSHOT_PREPARES.labels("fallback", exc.reason).inc()

@@ -11,8 +11,12 @@ files found at start are hashed on first read and deleted if they do not match t
 Every method is thread-safe. ``read``, ``put`` and the constructor do file I/O (and the first
 read of a file found at start hashes it), so call them from worker threads; ``contains``,
 ``pinned`` and ``stats`` only take a short in-memory lock.
+
+``TOCStore`` keeps layers' TOCs by TOC digest next to it, so a layer seen before opens
+without a request.
 """
 
 from lazyimage.cache._cache import CacheStats, ChunkCache
+from lazyimage.cache._tocs import StoredTOC, TOCStore
 
-__all__ = ["CacheStats", "ChunkCache"]
+__all__ = ["CacheStats", "ChunkCache", "StoredTOC", "TOCStore"]

@@ -30,19 +30,19 @@ class FdTable:
         if limit < 1:
             raise ValueError(f"the fd table needs at least one slot, not {limit}")
         self._limit = limit
-        self._handles: OrderedDict[str, Handle] = OrderedDict()
+        self._handles: OrderedDict[bytes, Handle] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._handles)
 
-    def borrow(self, key: str) -> Handle | None:
+    def borrow(self, key: bytes) -> Handle | None:
         handle = self._handles.get(key)
         if handle is not None:
             self._handles.move_to_end(key)
             handle.refs += 1
         return handle
 
-    def adopt(self, key: str, fd: int, to_close: list[int]) -> Handle:
+    def adopt(self, key: bytes, fd: int, to_close: list[int]) -> Handle:
         """Add a freshly opened fd, borrowed once. If another reader raced us to it, use
         theirs and close ours. Fds pushed out of the LRU go to ``to_close``."""
         existing = self.borrow(key)
@@ -61,7 +61,7 @@ class FdTable:
         if handle.refs == 0 and not handle.live:
             to_close.append(handle.fd)
 
-    def drop(self, key: str, to_close: list[int]) -> None:
+    def drop(self, key: bytes, to_close: list[int]) -> None:
         handle = self._handles.pop(key, None)
         if handle is not None:
             self._retire(handle, to_close)

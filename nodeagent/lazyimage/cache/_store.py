@@ -28,7 +28,7 @@ _FANOUT = [f"{i:02x}" for i in range(256)]
 
 
 class ScannedChunk(NamedTuple):
-    key: str
+    key: bytes
     size: int
     mtime_ns: int
 
@@ -102,21 +102,22 @@ class Writer:
 
 
 class ChunkFiles:
-    """Paths and file operations for one cache root. Keys are already-validated hex digests."""
+    """Paths and file operations for one cache root. Keys are the digests' 32 bytes."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._base = os.path.join(os.fspath(root), "sha256")
 
-    def path(self, key: str) -> str:
-        return os.path.join(self._base, key[:2], key)
+    def path(self, key: bytes) -> str:
+        name = key.hex()
+        return os.path.join(self._base, name[:2], name)
 
     def prepare(self) -> None:
         """Create the fan-out directories, so a write never has to."""
         for name in _FANOUT:
             os.makedirs(os.path.join(self._base, name), exist_ok=True)
 
-    def begin(self, key: str) -> Writer:
+    def begin(self, key: bytes) -> Writer:
         final = self.path(key)
         directory = os.path.dirname(final)
         temp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
@@ -128,11 +129,11 @@ class ChunkFiles:
             fd = os.open(temp, flags, 0o644)
         return Writer(temp, final, fd)
 
-    def open(self, key: str) -> int:
+    def open(self, key: bytes) -> int:
         """A read-only fd on the chunk file. Raises OSError (ENOENT if it is gone)."""
         return os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(key))
 
@@ -169,7 +170,8 @@ class ChunkFiles:
                     if not entry.is_file(follow_symlinks=False):
                         result.strays_removed += _unlink_quietly(entry.path)
                         continue
-                    result.chunks.append(ScannedChunk(name, st.st_size, st.st_mtime_ns))
+                    key = bytes.fromhex(name)
+                    result.chunks.append(ScannedChunk(key, st.st_size, st.st_mtime_ns))
         result.chunks.sort(key=itemgetter(2))  # by mtime
         return result
 

@@ -15,6 +15,7 @@ from lazyimage.estargz._reader import (
     parse_toc_member,
     read_file,
     verify_chunk,
+    walk_toc_member,
 )
 from lazyimage.estargz._source import detect_compression
 from lazyimage.estargz._toc import (
@@ -25,6 +26,7 @@ from lazyimage.estargz._toc import (
     serialize_toc,
     toc_digest,
 )
+from lazyimage.estargz._walk import TOCInfo, TOCSink, TOCWalker, walk_toc_json
 from lazyimage.estargz._writer import BuildOptions, BuildResult, build
 
 __all__ = [
@@ -40,7 +42,10 @@ __all__ = [
     "PriorityMatcher",
     "ReadAt",
     "TOCEntry",
+    "TOCInfo",
     "TOCLoader",
+    "TOCSink",
+    "TOCWalker",
     "build",
     "clean_name",
     "detect_compression",
@@ -56,4 +61,6 @@ __all__ = [
     "serialize_toc",
     "toc_digest",
     "verify_chunk",
+    "walk_toc_json",
+    "walk_toc_member",
 ]

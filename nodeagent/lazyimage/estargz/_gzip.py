@@ -33,8 +33,17 @@ def inflate_members(data: bytes | memoryview, skip: int, length: int, *, what: s
     following members) cost nothing. Raises FormatError on corrupt or short input.
     """
     want = skip + length
-    out = bytearray()
     view = memoryview(data)
+    try:
+        if skip == 0 and want and view:
+            # The usual chunk: the first member holds it all. Return the inflater's own
+            # output, without the copies the general case makes (each a fresh MiB buffer).
+            first = isal_zlib.decompressobj(_GZIP_WBITS).decompress(view, want)
+            if len(first) == want:
+                return first
+    except INFLATE_ERRORS as exc:
+        raise FormatError(f"{what}: corrupt gzip data: {exc}") from exc
+    out = bytearray()
     try:
         while len(out) < want:
             if not view:

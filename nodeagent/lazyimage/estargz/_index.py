@@ -7,14 +7,10 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lazyimage import names
-from lazyimage.errors import FormatError
-from lazyimage.estargz._toc import TOCEntry, clean_name
+from lazyimage.estargz._toc import TOCEntry
+from lazyimage.estargz._walk import ROOT_ID, TOCWalker
 
 __all__ = ["ROOT_ID", "TOC", "Chunk", "Node"]
-
-ROOT_ID = 0
-_LANDMARKS = (names.PREFETCH_LANDMARK, names.NO_PREFETCH_LANDMARK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +65,16 @@ class TOC:
         self.entries = entries
         self.digest = digest
         self.toc_offset = toc_offset
-        root = TOCEntry(name="", type="dir", mode=0o755)
-        self.nodes: list[Node] = [Node(ROOT_ID, "", root, ROOT_ID, {})]
-        self._by_path: dict[str, int] = {"": ROOT_ID}
-        self.prefetch_landmark_offset: int | None = None
-        self.has_no_prefetch_landmark = False
-        self._build()
+        self.nodes: list[Node] = []
+        walker = TOCWalker(_NodeSink(self.nodes), toc_offset)
+        for index, entry in enumerate(entries):
+            walker.add(entry, index)
+        info = walker.finish(digest)
+        self._by_path = walker.by_path
+        self.prefetch_landmark_offset = info.prefetch_landmark_offset
+        self.has_no_prefetch_landmark = info.has_no_prefetch_landmark
+        self._set_chunk_bounds()
+        self._count_links()
 
     # Queries
 
@@ -118,150 +118,8 @@ class TOC:
 
     # Construction
 
-    def _build(self) -> None:
-        data_entries: list[TOCEntry] = []
-        chunk_owner: Node | None = None
-        expected_chunk_offset = 0
-        for index, entry in enumerate(self.entries):
-            path = clean_name(entry.name)
-            if entry.type == "chunk":
-                if chunk_owner is None or chunk_owner.path != path:
-                    raise FormatError(f"TOC entry {index}: chunk of {path!r} follows no file")
-                if entry.chunk_offset != expected_chunk_offset:
-                    raise FormatError(
-                        f"TOC entry {index}: chunk of {path!r} at {entry.chunk_offset}, "
-                        f"expected {expected_chunk_offset}"
-                    )
-                expected_chunk_offset = self._add_chunk(chunk_owner, entry, index)
-                data_entries.append(entry)
-                continue
-            self._check_chunks_complete(chunk_owner, expected_chunk_offset)
-            chunk_owner = None
-            if not path:
-                if entry.type != "dir":
-                    raise FormatError(f"TOC entry {index}: the layer root is not a directory")
-                self.nodes[ROOT_ID].entry = entry
-                continue
-            if entry.type == "hardlink":
-                self._add_hardlink(path, entry, index)
-                continue
-            node = self._add_node(path, entry)
-            if entry.type == "reg" and entry.size > 0:
-                if entry.chunk_offset != 0:
-                    raise FormatError(f"TOC entry {index}: {path!r} does not start at offset 0")
-                expected_chunk_offset = self._add_chunk(node, entry, index)
-                data_entries.append(entry)
-                chunk_owner = node
-            self._note_landmark(path, entry, index)
-        self._check_chunks_complete(chunk_owner, expected_chunk_offset)
-        self._set_chunk_bounds(data_entries)
-        self._count_links()
-
-    def _parent_of(self, path: str) -> int:
-        parent_path = posixpath.dirname(path)
-        parent_id = self._by_path.get(parent_path)
-        if parent_id is None:
-            implicit = TOCEntry(name=parent_path, type="dir", mode=0o755)
-            return self._add_node(parent_path, implicit).id
-        parent = self.nodes[parent_id]
-        if parent.children is None:
-            raise FormatError(f"{path!r} lies under {parent_path!r}, which is not a directory")
-        return parent_id
-
-    def _add_node(self, path: str, entry: TOCEntry) -> Node:
-        existing_id = self._by_path.get(path)
-        if existing_id is not None:
-            existing = self.nodes[existing_id]
-            if existing.is_dir and entry.type == "dir":
-                existing.entry = entry  # an explicit entry for an implicit parent
-                return existing
-        parent_id = self._parent_of(path)
-        node = Node(len(self.nodes), path, entry, parent_id)
-        if entry.type == "dir":
-            node.children = {}
-        self.nodes.append(node)
-        self._by_path[path] = node.id
-        children = self.nodes[parent_id].children
-        assert children is not None
-        children[posixpath.basename(path)] = node.id  # a later entry replaces an earlier one
-        return node
-
-    def _add_hardlink(self, path: str, entry: TOCEntry, index: int) -> None:
-        target_path = clean_name(entry.link_name)
-        target_id = self._by_path.get(target_path)
-        if target_id is None:
-            raise FormatError(f"TOC entry {index}: hardlink {path!r} to missing {target_path!r}")
-        if self.nodes[target_id].is_dir:
-            raise FormatError(f"TOC entry {index}: hardlink {path!r} to directory {target_path!r}")
-        parent_id = self._parent_of(path)
-        self._by_path[path] = target_id
-        children = self.nodes[parent_id].children
-        assert children is not None
-        children[posixpath.basename(path)] = target_id
-
-    def _add_chunk(self, node: Node, entry: TOCEntry, index: int) -> int:
-        if entry.offset <= 0:
-            raise FormatError(f"TOC entry {index}: data of {node.path!r} has no offset")
-        if entry.offset >= self.toc_offset:
-            raise FormatError(
-                f"TOC entry {index}: offset {entry.offset} of {node.path!r} is past the TOC"
-            )
-        if not entry.chunk_digest:
-            raise FormatError(f"TOC entry {index}: {node.path!r} has no chunkDigest")
-        remaining = node.entry.size - entry.chunk_offset
-        size = entry.chunk_size or remaining
-        if size <= 0 or size > remaining:
-            raise FormatError(f"TOC entry {index}: chunk size {size} of {node.path!r} is invalid")
-        node.chunks.append(
-            Chunk(
-                path=node.path,
-                offset=entry.offset,
-                end=0,
-                inner_offset=entry.inner_offset,
-                chunk_offset=entry.chunk_offset,
-                size=size,
-                digest=entry.chunk_digest,
-            )
-        )
-        return entry.chunk_offset + size
-
-    @staticmethod
-    def _check_chunks_complete(owner: Node | None, covered: int) -> None:
-        if owner is not None and covered != owner.entry.size:
-            raise FormatError(
-                f"chunks of {owner.path!r} cover {covered} of {owner.entry.size} bytes"
-            )
-
-    def _note_landmark(self, path: str, entry: TOCEntry, index: int) -> None:
-        base = posixpath.basename(path)
-        if base not in _LANDMARKS:
-            return
-        if path != base:
-            raise FormatError(f"TOC entry {index}: landmark {path!r} is not at the layer root")
-        if entry.type != "reg" or entry.size != 1:
-            raise FormatError(f"TOC entry {index}: landmark {path!r} is not a 1-byte file")
-        if self.prefetch_landmark_offset is not None or self.has_no_prefetch_landmark:
-            raise FormatError(f"TOC entry {index}: more than one landmark")
-        if path == names.PREFETCH_LANDMARK:
-            self.prefetch_landmark_offset = entry.offset
-        else:
-            self.has_no_prefetch_landmark = True
-
-    def _set_chunk_bounds(self, data_entries: list[TOCEntry]) -> None:
-        previous: tuple[int, int] = (0, -1)
-        for entry in data_entries:
-            key = (entry.offset, entry.inner_offset)
-            if key <= previous:
-                raise FormatError(
-                    f"TOC data offsets are not increasing at {entry.name!r} "
-                    f"(offset {entry.offset}, innerOffset {entry.inner_offset})"
-                )
-            previous = key
-        if self.has_no_prefetch_landmark and data_entries:
-            first = clean_name(data_entries[0].name)
-            if first != names.NO_PREFETCH_LANDMARK:
-                raise FormatError(f"{names.NO_PREFETCH_LANDMARK} is not the first file in the blob")
-        offsets = sorted({entry.offset for entry in data_entries})
+    def _set_chunk_bounds(self) -> None:
+        offsets = sorted({c.offset for node in self.nodes for c in node.chunks})
         bounds = [*offsets[1:], self.toc_offset]
         ends = {offset: bounds[i] for i, offset in enumerate(offsets)}
         for node in self.nodes:
@@ -288,3 +146,36 @@ class TOC:
             node = self.nodes[node_id]
             if path and not node.is_dir:
                 node.nlink += 1
+
+
+class _NodeSink:
+    """Builds the TOC's nodes from a walk."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self._nodes = nodes
+
+    def add_node(self, node_id: int, parent: int, path: str, entry: TOCEntry) -> None:
+        children: dict[str, int] | None = {} if entry.type == "dir" else None
+        self._nodes.append(Node(node_id, path, entry, parent, children))
+
+    def set_entry(self, node_id: int, entry: TOCEntry) -> None:
+        self._nodes[node_id].entry = entry
+
+    def add_child(self, dir_id: int, path: str, node_id: int) -> None:
+        children = self._nodes[dir_id].children
+        assert children is not None
+        children[posixpath.basename(path)] = node_id
+
+    def add_chunk(self, node_id: int, entry: TOCEntry, size: int) -> None:
+        node = self._nodes[node_id]
+        node.chunks.append(
+            Chunk(
+                path=node.path,
+                offset=entry.offset,
+                end=0,
+                inner_offset=entry.inner_offset,
+                chunk_offset=entry.chunk_offset,
+                size=size,
+                digest=entry.chunk_digest,
+            )
+        )

@@ -7,6 +7,7 @@ callable, so the same code serves local files, registry ranges and the lazy file
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from collections.abc import Callable, Iterator
 
@@ -18,6 +19,7 @@ from lazyimage.estargz._footer import FOOTER_SIZE, LEGACY_FOOTER_SIZE, parse_foo
 from lazyimage.estargz._gzip import INFLATE_ERRORS, inflate_members
 from lazyimage.estargz._index import TOC, Chunk, Node
 from lazyimage.estargz._toc import parse_toc_json, toc_digest
+from lazyimage.estargz._walk import S, TOCInfo, walk_toc_json
 
 __all__ = [
     "DEFAULT_TAIL_SIZE",
@@ -29,6 +31,7 @@ __all__ = [
     "parse_toc_member",
     "read_file",
     "verify_chunk",
+    "walk_toc_member",
 ]
 
 ReadAt = Callable[[int, int], bytes]
@@ -40,8 +43,8 @@ MAX_TOC_SIZE = 512 << 20
 _TAR_BLOCK = 512
 
 
-def parse_toc_member(member: bytes, *, toc_offset: int, expected_digest: str = "") -> TOC:
-    """Parse the gzip member holding the TOC tar entry (footer excluded)."""
+def _toc_json(member: bytes, expected_digest: str) -> tuple[str, str]:
+    """The TOC JSON in the gzip member holding the TOC tar entry, as text, and its digest."""
     inflater = isal_zlib.decompressobj(31)
     try:
         data = inflater.decompress(member, MAX_TOC_SIZE + _TAR_BLOCK)
@@ -57,14 +60,36 @@ def parse_toc_member(member: bytes, *, toc_offset: int, expected_digest: str = "
         raise FormatError(f"TOC tar header is invalid: {exc}") from exc
     if header.name != names.TOC_TAR_NAME:
         raise FormatError(f"TOC tar entry is {header.name!r}, not {names.TOC_TAR_NAME!r}")
-    toc_json = data[_TAR_BLOCK : _TAR_BLOCK + header.size]
-    del data  # a large TOC is tens of MB; keep one copy at a time
-    if len(toc_json) != header.size:
-        raise FormatError(f"TOC is truncated: {len(toc_json)} of {header.size} bytes")
-    digest = toc_digest(toc_json)
-    if expected_digest and digest != expected_digest:
-        raise VerificationError(f"TOC digest {digest} does not match expected {expected_digest}")
-    return TOC(parse_toc_json(toc_json), digest, toc_offset)
+    # A large TOC is tens of MB: hash and decode it in place rather than copy it out first.
+    with memoryview(data) as whole, whole[_TAR_BLOCK : _TAR_BLOCK + header.size] as toc_json:
+        if len(toc_json) != header.size:
+            raise FormatError(f"TOC is truncated: {len(toc_json)} of {header.size} bytes")
+        digest = toc_digest(toc_json)
+        if expected_digest and digest != expected_digest:
+            raise VerificationError(
+                f"TOC digest {digest} does not match expected {expected_digest}"
+            )
+        # What json.loads does with bytes, without the copy.
+        encoding = json.detect_encoding(bytes(toc_json[:4]))
+        try:
+            text = str(toc_json, encoding, "surrogatepass")
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"TOC is not valid JSON: {exc}") from exc
+    return text, digest
+
+
+def parse_toc_member(member: bytes, *, toc_offset: int, expected_digest: str = "") -> TOC:
+    """Parse the gzip member holding the TOC tar entry (footer excluded)."""
+    text, digest = _toc_json(member, expected_digest)
+    return TOC(parse_toc_json(text), digest, toc_offset)
+
+
+def walk_toc_member(
+    member: bytes, make_sink: Callable[[], S], *, toc_offset: int, expected_digest: str = ""
+) -> tuple[S, TOCInfo]:
+    """Like ``parse_toc_member``, into a sink: no entry, and no TOC tree, is kept."""
+    text, digest = _toc_json(member, expected_digest)
+    return walk_toc_json(text, digest, toc_offset, make_sink)
 
 
 class TOCLoader:
@@ -124,6 +149,17 @@ class TOCLoader:
             raise FormatError("TOC requested before the blob's tail was read")
         return parse_toc_member(
             self._member, toc_offset=self._toc_offset, expected_digest=self.expected_digest
+        )
+
+    def walk(self, make_sink: Callable[[], S]) -> tuple[S, TOCInfo]:
+        """The TOC walked into a new sink (``walk_toc_member``), instead of a TOC tree."""
+        if self._toc_offset < 0:
+            raise FormatError("TOC requested before the blob's tail was read")
+        return walk_toc_member(
+            self._member,
+            make_sink,
+            toc_offset=self._toc_offset,
+            expected_digest=self.expected_digest,
         )
 
 

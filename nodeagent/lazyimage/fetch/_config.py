@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["ChunkStore", "FetchConfig"]
+__all__ = ["ChunkStore", "FetchConfig", "ResidentReads"]
 
 
 class ChunkStore(Protocol):
@@ -20,6 +20,17 @@ class ChunkStore(Protocol):
     def put(self, digest: str, data: bytes) -> bool: ...
 
 
+@runtime_checkable
+class ResidentReads(Protocol):
+    """A ChunkStore that can also read without waiting for the disk (ChunkCache does):
+    ``read_resident`` answers None unless the bytes are in memory, so the event loop may
+    call it and skip the hop to a worker thread."""
+
+    def read_resident(
+        self, digest: str, offset: int = 0, length: int | None = None
+    ) -> bytes | None: ...
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """How one layer is fetched. Give ``stall_timeout`` to RegistrySource too: it checks
@@ -31,6 +42,11 @@ class FetchConfig:
     max_range: int = 16 << 20  # merged ranges are at most this big
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
+    # A demand miss also fetches the files that follow it in its directory, in the same
+    # request while it stays within this many compressed bytes, and while the read-ahead not
+    # read yet (or lost) stays within read_ahead_ratio of the bytes readers asked for.
+    read_ahead: int = 64 << 10
+    read_ahead_ratio: float = 0.15
     # Background fill starts a range only after on-demand reads and prefetch were idle this
     # long (and not before this long after the fill began), so it stays out of a starting
     # workload's way; and its ranges are short, so a read that needs one of them, or the
@@ -45,3 +61,5 @@ class FetchConfig:
             raise ValueError("background_quiet must be >= 0 and background_range positive")
         if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")
+        if self.read_ahead < 0 or self.read_ahead_ratio < 0:
+            raise ValueError("read_ahead and read_ahead_ratio must be >= 0")

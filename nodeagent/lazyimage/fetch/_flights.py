@@ -43,9 +43,9 @@ def member_of(chunk: Chunk) -> ByteRange:
 
 class Flight:
     """One chunk being fetched. When ``done``, exactly one of ``data`` (verified bytes)
-    and ``error`` is set."""
+    and ``error`` is set. ``ahead``: claimed by read-ahead, not by a reader."""
 
-    __slots__ = ("chunk", "data", "done", "error", "member")
+    __slots__ = ("ahead", "chunk", "data", "done", "error", "member")
 
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
@@ -53,6 +53,7 @@ class Flight:
         self.done = anyio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
+        self.ahead = False
 
 
 class Download:

@@ -3,7 +3,7 @@
 reader, and the access recorder that yields a startup profile.
 """
 
-from lazyimage.layer._layer import ReadChunks, ReadSlice, RemoteLayer
+from lazyimage.layer._layer import Following, ReadChunks, ReadSlice, RemoteLayer
 from lazyimage.layer._recorder import AccessRecorder, ProfileEntry
 from lazyimage.layer._tree import OPAQUE_XATTR, ROOT, Attr, LayerTree
 
@@ -12,6 +12,7 @@ __all__ = [
     "ROOT",
     "AccessRecorder",
     "Attr",
+    "Following",
     "LayerTree",
     "ProfileEntry",
     "ReadChunks",

@@ -9,11 +9,13 @@ The tree is the overlayfs view of an OCI layer:
 - hardlinked names share one node, whose ``nlink`` counts them; a directory's ``nlink`` is
   2 plus its visible subdirectories.
 
-Memory: a parsed TOC holds several Python objects per entry (about 1.6 KB each), so the tree
-copies what it needs into flat arrays and a list of names, and keeps no reference to the TOC.
-Per entry that is about 110 bytes (arrays, plus one bytes object per name) and 72 bytes
-per chunk, so a caller can drop the TOC once the tree is built. Node ids are the TOC's node
-ids; the root is 0.
+Memory: a parsed TOC tree holds several Python objects per entry (about 1 KB each), so the
+tree keeps what it needs in flat arrays and a list of names: about 110 bytes per entry and
+72 per chunk. ``LayerTree.from_loader`` fills those arrays while the TOC's JSON is decoded
+(``lazyimage.estargz.TOCWalker``), so no TOC tree exists at all: for a 100,000-entry TOC
+the peak is about twice the JSON's size, against four and a half times through a TOC tree.
+``LayerTree(toc)`` copies a TOC tree that exists anyway, and keeps no reference to it.
+Node ids are the TOC's node ids; the root is 0.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from types import MappingProxyType
 from typing import NamedTuple, overload
 
 from lazyimage import names
-from lazyimage.errors import FormatError
-from lazyimage.estargz import ROOT_ID, TOC, Chunk, parse_modtime
+from lazyimage.estargz import ROOT_ID, TOC, Chunk, TOCInfo, TOCLoader
+from lazyimage.layer._columns import NO_NAME, NodeColumns, fsencode
 
 __all__ = ["OPAQUE_XATTR", "ROOT", "Attr", "LayerTree"]
 
@@ -39,17 +41,8 @@ _OPAQUE_MARKER = ".wh..wh..opq"
 _HIDDEN_AT_ROOT = frozenset(
     {names.TOC_TAR_NAME, names.PREFETCH_LANDMARK, names.NO_PREFETCH_LANDMARK}
 )
-_TYPE_BITS = {
-    "dir": stat.S_IFDIR,
-    "reg": stat.S_IFREG,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-}
 _BLOCK = 4096
-_NO_NAME = 0xFFFFFFFF
-_MAX_ID = 0xFFFFFFFF
+_NO_NAME = NO_NAME
 _SHA256 = "sha256:"
 _EMPTY: Mapping[bytes, bytes] = MappingProxyType({})
 
@@ -65,11 +58,6 @@ class Attr(NamedTuple):
     rdev: int
     mtime_ns: int
     blocks: int  # 512-byte units, rounded up to whole 4 KiB blocks
-
-
-def _fsencode(name: str) -> bytes:
-    # TOC names come from tar headers decoded with surrogateescape; this restores the bytes.
-    return name.encode("utf-8", "surrogateescape")
 
 
 class _Children(Sequence[tuple[bytes, int]]):
@@ -107,38 +95,21 @@ class LayerTree:
     """The overlayfs view of one layer: lookups, attributes, listings, links, xattrs, chunks."""
 
     def __init__(self, toc: TOC) -> None:
-        nodes = toc.nodes
-        count = len(nodes)
-        if count >= _NO_NAME:
-            raise ValueError(f"a layer of {count} nodes does not fit 32-bit node ids")
-        self.toc_digest = toc.digest
-        self.prefetch_zone = toc.prefetch_zone  # so prefetch needs no TOC either
-        self._mode = array("I", bytes(4 * count))
-        self._uid = array("I", bytes(4 * count))
-        self._gid = array("I", bytes(4 * count))
-        self._size = array("Q", bytes(8 * count))
-        self._mtime = array("q", bytes(8 * count))
-        self._nlink = array("I", bytes(4 * count))
-        self._parent = array("I", bytes(4 * count))
-        self._first = array("I", bytes(4 * count))  # first entry of a directory
-        self._count = array("I", bytes(4 * count))  # number of entries of a directory
-        self._name_at = array("I", [_NO_NAME]) * count  # entry holding a node's own name
-        self._names: list[bytes] = []  # entry names, sorted within each directory
-        self._targets = array("I")  # the node each entry names
-        self._links: dict[int, bytes] = {}
-        self._rdev: dict[int, int] = {}
-        self._xattrs: dict[int, Mapping[bytes, bytes]] = {}
-        self._chunk_first = array("Q", bytes(8 * (count + 1)))
-        self._c_offset = array("Q")
-        self._c_end = array("Q")
-        self._c_inner = array("Q")
-        self._c_file_offset = array("Q")
-        self._c_size = array("Q")
-        self._c_digest = bytearray()
-        self._c_odd_digests: dict[int, str] = {}  # digests that are not sha256
-        self.total_size = 0
-        self._copy_nodes(toc)
-        self._copy_entries(toc)
+        info = TOCInfo(
+            toc.digest, toc.toc_offset, toc.prefetch_landmark_offset, toc.has_no_prefetch_landmark
+        )
+        self._adopt(NodeColumns.from_toc(toc), info)
+
+    @classmethod
+    def from_loader(cls, loader: TOCLoader) -> LayerTree:
+        """The tree of a blob's TOC, walked straight from the TOC member that ``loader``
+        read: no TOC tree is built, so the peak memory is a fraction of ``LayerTree(toc)``'s.
+        Raises what ``loader.toc()`` would, for the same TOC."""
+        columns, info = loader.walk(NodeColumns)
+        columns.finish(info.toc_offset)
+        tree = cls.__new__(cls)
+        tree._adopt(columns, info)
+        return tree
 
     # Queries
 
@@ -240,57 +211,47 @@ class LayerTree:
 
     # Construction
 
-    def _copy_nodes(self, toc: TOC) -> None:
-        mtimes: dict[str, int] = {}
-        for node in toc.nodes:
-            i = node.id
-            entry = node.entry
-            self._mode[i] = _TYPE_BITS.get(entry.type, stat.S_IFREG) | (entry.mode & 0o7777)
-            if entry.uid > _MAX_ID or entry.gid > _MAX_ID:
-                raise FormatError(f"{node.path!r}: owner {entry.uid}:{entry.gid} out of range")
-            self._uid[i] = entry.uid
-            self._gid[i] = entry.gid
-            self._parent[i] = node.parent
-            mtime = mtimes.get(entry.modtime)
-            if mtime is None:
-                mtime = mtimes[entry.modtime] = round(parse_modtime(entry.modtime) * 1e9)
-            self._mtime[i] = mtime
-            if entry.type == "reg":
-                self._size[i] = entry.size
-            elif entry.type == "symlink":
-                target = _fsencode(entry.link_name)
-                self._links[i] = target
-                self._size[i] = len(target)
-            elif entry.type in ("char", "block"):
-                self._rdev[i] = _makedev(entry.dev_major, entry.dev_minor)
-            if entry.xattrs:
-                self._xattrs[i] = {_fsencode(k): v for k, v in entry.xattrs.items()}
-            for chunk in node.chunks:
-                self._add_chunk(chunk)
-            self._chunk_first[i + 1] = len(self._c_offset)
-
-    def _add_chunk(self, chunk: Chunk) -> None:
-        index = len(self._c_offset)
-        self._c_offset.append(chunk.offset)
-        self._c_end.append(chunk.end)
-        self._c_inner.append(chunk.inner_offset)
-        self._c_file_offset.append(chunk.chunk_offset)
-        self._c_size.append(chunk.size)
-        raw = _sha256_bytes(chunk.digest)
-        if raw is None:
-            self._c_odd_digests[index] = chunk.digest
-            raw = bytes(32)
-        self._c_digest += raw
-
-    def _copy_entries(self, toc: TOC) -> None:
-        for node in toc.nodes:  # parents come before their children
-            if node.children is not None and stat.S_ISDIR(self._mode[node.id]):
-                self._add_directory(node.id, node.children, toc)
-        for i in range(self.node_count):
+    def _adopt(self, columns: NodeColumns, info: TOCInfo) -> None:
+        """Take the finished columns' arrays, then list each directory's entries."""
+        count = columns.count
+        self.toc_digest = info.digest
+        self.prefetch_zone = info.prefetch_zone  # so prefetch needs no TOC either
+        self._mode = columns.mode
+        self._uid = columns.uid
+        self._gid = columns.gid
+        self._size = columns.size
+        self._mtime = columns.mtime
+        self._parent = columns.parent
+        self._nlink = array("I", bytes(4 * count))
+        self._first = array("I", bytes(4 * count))  # first entry of a directory
+        self._count = array("I", bytes(4 * count))  # number of entries of a directory
+        self._name_at = array("I", [_NO_NAME]) * count  # entry holding a node's own name
+        self._names: list[bytes] = []  # entry names, sorted within each directory
+        self._targets = array("I")  # the node each entry names
+        self._links = columns.links
+        self._rdev = columns.rdev
+        self._xattrs = columns.xattrs
+        self._chunk_first = columns.chunk_first
+        self._c_offset = columns.c_offset
+        self._c_end = columns.c_end
+        self._c_inner = columns.c_inner
+        self._c_file_offset = columns.c_file_offset
+        self._c_size = columns.c_size
+        self._c_digest = columns.c_digest
+        self._c_odd_digests = columns.c_odd_digests
+        self.total_size = 0
+        children, paths = columns.children, columns.paths
+        columns.children, columns.paths = {}, []
+        for dir_id in list(children):  # in node order: parents come before their children
+            entries = children.pop(dir_id)  # freed as it goes
+            if stat.S_ISDIR(self._mode[dir_id]):
+                self._add_directory(dir_id, entries, paths)
+        for i in range(count):
             if stat.S_ISREG(self._mode[i]) and self._nlink[i]:
                 self.total_size += self._size[i]
 
-    def _add_directory(self, dir_id: int, children: dict[str, int], toc: TOC) -> None:
+    def _add_directory(self, dir_id: int, by_path: dict[str, int], paths: list[str]) -> None:
+        children = {path.rpartition("/")[2]: child for path, child in by_path.items()}
         # (shown name, node, whether this is the name the node's own path ends in)
         entries: list[tuple[bytes, int, bool]] = []
         for name, child in children.items():
@@ -299,9 +260,8 @@ class LayerTree:
                 continue
             if shown != name:
                 self._make_whiteout(child)
-            own = toc.nodes[child]
-            is_own = own.parent == dir_id and own.path.rpartition("/")[2] == name
-            entries.append((_fsencode(shown), child, is_own))
+            is_own = self._parent[child] == dir_id and paths[child].rpartition("/")[2] == name
+            entries.append((fsencode(shown), child, is_own))
         if _OPAQUE_MARKER in children:
             self._xattrs[dir_id] = {**self._xattrs.get(dir_id, {}), OPAQUE_XATTR: b"y"}
         entries.sort()
@@ -341,21 +301,38 @@ class LayerTree:
         self._links.pop(node_id, None)
         self._xattrs.pop(node_id, None)
 
+    # Neighbours
 
-def _makedev(major: int, minor: int) -> int:
-    # os.makedev's encoding, without its range checks on odd TOC values.
-    return (
-        ((major & 0xFFFFF000) << 32)
-        | ((major & 0xFFF) << 8)
-        | ((minor & 0xFFFFFF00) << 12)
-        | (minor & 0xFF)
-    )
+    def chunks_following(self, node_id: int, limit: int, max_nodes: int = 64) -> list[Chunk]:
+        """Chunks of the files right after ``node_id`` in the blob, in its directory.
 
-
-def _sha256_bytes(digest: str) -> bytes | None:
-    if not digest.startswith(_SHA256) or len(digest) != len(_SHA256) + 64:
-        return None
-    try:
-        return bytes.fromhex(digest[len(_SHA256) :])
-    except ValueError:
-        return None
+        Walks the nodes after ``node_id`` (node order is TOC order, the blob's order) and
+        takes the chunks of visible regular files whose gzip members continue the blob
+        without a gap, while they end at most ``limit`` compressed bytes past the end of
+        ``node_id``'s last chunk. Stops at the first file of another directory, at a gap,
+        or after ``max_nodes`` nodes, so it costs a few array reads however large the layer.
+        """
+        lo, hi = self._chunk_first[node_id], self._chunk_first[node_id + 1]
+        if lo == hi:
+            return []
+        end = self._c_end[hi - 1]
+        bound = end + limit
+        parent = self._parent[node_id]
+        found: list[Chunk] = []
+        for next_id in range(node_id + 1, min(node_id + 1 + max_nodes, self.node_count)):
+            lo, hi = self._chunk_first[next_id], self._chunk_first[next_id + 1]
+            if lo == hi:
+                continue  # a directory, link or empty file: no bytes in the blob
+            if (
+                self._parent[next_id] != parent
+                or not self._nlink[next_id]
+                or not stat.S_ISREG(self._mode[next_id])
+            ):
+                break
+            path = self.path(next_id)
+            for index in range(lo, hi):
+                if self._c_offset[index] != end or self._c_end[index] > bound:
+                    return found
+                found.append(self._chunk(index, path))
+                end = self._c_end[index]
+        return found

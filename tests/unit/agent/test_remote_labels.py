@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from lazyimage import names
-from lazyimage.agent.remote import NotEligibleError, spec_from_labels
+from lazyimage.agent.remote import NotEligibleError, image_layers, spec_from_labels
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -62,3 +62,10 @@ def test_ineligible_layers_say_why(labels: dict[str, str], reason: str) -> None:
     with pytest.raises(NotEligibleError) as failure:
         spec_from_labels(labels)
     assert failure.value.reason == reason
+
+
+def test_image_layers_label() -> None:
+    other = "sha256:" + "c" * 64
+    listed = {names.LABEL_CRI_IMAGE_LAYERS: f"{LAYER}, {other},sha256:cut-short,"}
+    assert image_layers(listed) == [LAYER, other]
+    assert image_layers({}) == []

@@ -15,7 +15,7 @@ from tests.unit.cache.helpers import chunk_path, digest_of, make_chunk, stored_f
 @pytest.mark.timeout(10)
 def test_exports() -> None:
     assert cache_pkg.__all__ == sorted(cache_pkg.__all__)
-    assert set(cache_pkg.__all__) == {"CacheStats", "ChunkCache"}
+    assert set(cache_pkg.__all__) == {"CacheStats", "ChunkCache", "StoredTOC", "TOCStore"}
     for name in cache_pkg.__all__:
         assert getattr(cache_pkg, name).__module__.startswith("lazyimage.cache._")
 

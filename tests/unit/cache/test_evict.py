@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from lazyimage.cache import ChunkCache
+from lazyimage.cache._digest import chunk_key
 from lazyimage.cache._evict import Entry, LruIndex
 
 from tests.unit.cache.helpers import digest_of, make_chunk, metric_value, stored_files
@@ -162,3 +165,23 @@ def test_index_used_stays_within_capacity_while_victims_are_unlinked() -> None:
     assert index.used == 90
     index.unreserve(other)
     assert index.used == 60
+
+
+@pytest.mark.timeout(60)
+def test_the_index_takes_under_200_bytes_a_chunk() -> None:
+    """A node caches hundreds of thousands of chunks; their bookkeeping must stay small."""
+    count = 100_000
+    digests = [digest_of(b"%d" % i) for i in range(count)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        index = LruIndex(1 << 40)
+        for digest in digests:
+            index.add(chunk_key(digest), Entry(1000, verified=True))
+        for digest in digests[::2]:
+            index.touch(chunk_key(digest))
+        size, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(index) == count
+    assert size / count < 200, f"{size / count:.0f} bytes a chunk"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -79,6 +80,58 @@ def test_toc_index_on_structured_entries(entries: list[dict[str, object]]) -> No
     data = json.dumps({"version": 1, "entries": entries}).encode()
     with contextlib.suppress(FormatError):
         estargz.TOC(estargz.parse_toc_json(data), "sha256:x", 1 << 40)
+
+
+class _Recorder:
+    """A TOCSink that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def add_node(self, node_id: int, parent: int, path: str, entry: estargz.TOCEntry) -> None:
+        self.events.append(("node", node_id, parent, path, entry))
+
+    def set_entry(self, node_id: int, entry: estargz.TOCEntry) -> None:
+        self.events.append(("entry", node_id, entry))
+
+    def add_child(self, dir_id: int, path: str, node_id: int) -> None:
+        self.events.append(("child", dir_id, path, node_id))
+
+    def add_chunk(self, node_id: int, entry: estargz.TOCEntry, size: int) -> None:
+        self.events.append(("chunk", node_id, entry, size))
+
+
+def _walk(data: bytes, streaming: bool) -> tuple[object, ...]:
+    try:
+        if streaming:
+            sink, info = estargz.walk_toc_json(data, "sha256:x", 1 << 40, _Recorder)
+            return ("ok", sink.events, info)
+        sink = _Recorder()
+        walker = estargz.TOCWalker(sink, 1 << 40)
+        for index, entry in enumerate(estargz.parse_toc_json(data)):
+            walker.add(entry, index)
+        return ("ok", sink.events, walker.finish("sha256:x"))
+    except FormatError as exc:
+        return ("error", str(exc))
+
+
+@FUZZ
+@given(
+    st.lists(_entry, max_size=8),
+    st.sampled_from(["plain", "entry under another key", "entry inside an entry", "version"]),
+)
+def test_walking_while_decoding_is_walking_the_parsed_entries(
+    entries: list[dict[str, object]], shape: str
+) -> None:
+    doc: dict[str, Any] = {"version": 1, "entries": entries}
+    if shape == "entry under another key":
+        doc["more"] = {"name": "x", "type": "reg"}
+    elif shape == "entry inside an entry" and entries:
+        entries[-1]["note"] = {"name": "y", "type": "dir"}
+    elif shape == "version":
+        doc["version"] = 2
+    data = json.dumps(doc).encode()
+    assert _walk(data, streaming=True) == _walk(data, streaming=False)
 
 
 @FUZZ

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 from lazyimage.cache import ChunkCache
 from lazyimage.errors import UnavailableError, VerificationError
+from lazyimage.estargz import Chunk
 from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate, TokenBucket
 
 from tests.unit.fetch.helpers import (
@@ -303,6 +305,41 @@ async def test_prefetch_fills_the_cache_in_large_ranges() -> None:
     assert ratio == pytest.approx((blob.chunks[-1].end - blob.chunks[0].offset) / len(blob.data))
     await fetch.prefetch(blob.chunks)  # all cached: nothing to do
     assert source.bytes_read == sum(c.end - c.offset for c in blob.chunks[2:])
+
+
+async def test_prefetch_takes_a_lazy_iterable_a_window_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lazyimage.fetch import _fetcher
+
+    monkeypatch.setattr(_fetcher, "_PREFETCH_WINDOW", 4)
+    # 30 small files, three to a gzip member: windows never split a member.
+    blob = make_blob([2 * KiB] * 30, per_member=3, seed=9)
+    cache = DictCache()
+    fetch, source = fetcher(blob, cache)
+    taken: list[int] = []
+    fetched_when_taken: list[int] = []
+
+    def lazily() -> Iterator[Chunk]:
+        for index, chunk in enumerate(blob.chunks):
+            taken.append(index)
+            fetched_when_taken.append(source.bytes_read)
+            yield chunk
+
+    await fetch.prefetch(lazily(), Priority.BACKGROUND)
+    assert set(cache.chunks) == {c.digest for c in blob.chunks}
+    assert taken == list(range(30))
+    assert fetched_when_taken[-1] > 0  # the last chunks were taken after fetches began
+    # Each member came in one range, never split between two windows.
+    members = member_ranges(blob)
+    assert all(
+        any(
+            offset <= m_offset and m_offset + m_length <= offset + length
+            for offset, length in source.reads
+        )
+        for m_offset, m_length in members
+    )
+    assert source.bytes_read == sum(length for _, length in members)
 
 
 async def test_prefetch_gives_way_to_demand() -> None:

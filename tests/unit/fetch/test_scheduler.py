@@ -60,11 +60,11 @@ async def test_background_waits_for_a_quiet_period_after_demand() -> None:
     for _ in range(2):  # a burst of demand, with a gap shorter than the quiet period
         with gate.active(Priority.DEMAND):
             await anyio.sleep(0.01)
+        ended = anyio.current_time()
         await anyio.sleep(0.1)
-    ended = anyio.current_time() - 0.1
     await gate.wait_turn(Priority.BACKGROUND, quiet)
     waited = anyio.current_time() - ended
-    assert quiet <= waited < quiet + 0.2
+    assert quiet - 0.005 <= waited < quiet + 0.5  # loose above: a loaded machine sleeps late
 
     # Demand during the wait restarts it; prefetch ignores the quiet period of background.
     async def more_demand() -> None:

@@ -15,7 +15,7 @@ from lazyimage.estargz import TOCEntry
 from lazyimage.layer import OPAQUE_XATTR, ROOT, LayerTree
 
 from tests.layercases import CASES, Item
-from tests.unit.layer.helpers import build_case, build_items, toc_of, walk
+from tests.unit.layer.helpers import build_case, build_items, observe, toc_of, walk
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -233,3 +233,14 @@ def test_an_owner_out_of_range_is_a_format_error() -> None:
     toc = toc_of([TOCEntry(name="f", type="reg", size=1, mode=0o644, uid=1 << 32)])
     with pytest.raises(FormatError, match="out of range"):
         LayerTree(toc)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("prioritized", [(), ("etc/hostname",)])
+def test_the_tree_built_from_the_toc_json_is_the_tree_of_the_toc(
+    tmp_path: Path, case: str, prioritized: tuple[str, ...]
+) -> None:
+    options = estargz.BuildOptions(prioritized=prioritized, chunk_size=1 << 20)
+    blob = build_case(tmp_path, case, options)
+    streamed = LayerTree.from_loader(blob.loader())
+    assert observe(streamed) == observe(LayerTree(blob.toc))
