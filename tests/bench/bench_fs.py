@@ -62,6 +62,8 @@ from lazyimage.registry import Reference, RegistryClient
 from tests.bench import synthetic
 from tests.bench.mounts import mount_overlay, remove_mounts, umount
 from tests.bench.reference import StargzReference, chain_ids
+from tests.bench.report import print_table as _print_table
+from tests.bench.report import ratio as _ratio
 from tests.bench.shaping import ShapedLink
 from tests.fixtures.agent import AgentProcess
 from tests.fixtures.images import ensure_image
@@ -113,23 +115,6 @@ class Figures:
             }
             for name, values in self.samples.items()
         }
-
-
-def _print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}", flush=True)
-    for index, row in enumerate([header, *rows]):
-        cells = [
-            str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        print("  " + "  ".join(cells).rstrip(), flush=True)
-        if index == 0:
-            print("  " + "  ".join("-" * w for w in widths), flush=True)
-
-
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base else "-"
 
 
 def _mib(size: float) -> str:
