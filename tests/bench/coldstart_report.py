@@ -222,7 +222,7 @@ def _plot(summary: Summary, path: Path) -> None:
         ON_DISK: "#c8c8c8",
     }
     for ax, (workload, link, figures) in zip(axes.flat, panels, strict=False):
-        sides = list(figures)
+        sides = sorted(figures, key=lambda s: SIDES.index(s) if s in SIDES else len(SIDES))
         medians = [figures[s]["median_s"] for s in sides]
         low = [m - figures[s]["min_s"] for s, m in zip(sides, medians, strict=True)]
         high = [figures[s]["max_s"] - m for s, m in zip(sides, medians, strict=True)]
@@ -237,8 +237,9 @@ def _plot(summary: Summary, path: Path) -> None:
         ax.set_yticks(positions, sides)
         ax.set_title(f"{workload} over {link}", fontsize=10)
         ax.set_xlabel("seconds, PullImage to first output (median, min-max)")
-        for y, value in zip(positions, medians, strict=True):
-            ax.text(value, y, f" {value:.2f} s", va="center", fontsize=8)
+        for y, side, value in zip(positions, sides, medians, strict=True):
+            # Right of the range bar, so the whisker never covers the figure.
+            ax.text(figures[side]["max_s"], y, f"  {value:.2f} s", va="center", fontsize=8)
         ax.set_xlim(0, max(figures[s]["max_s"] for s in sides) * 1.25)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
