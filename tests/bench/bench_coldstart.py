@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -59,6 +58,7 @@ from tests.bench import coldstart_report
 from tests.bench.coldstart_report import LAZYIMAGE, ON_DISK, PREWARMED, REFERENCE, SIDES
 from tests.bench.mounts import remove_mounts
 from tests.bench.reference import StargzReference
+from tests.bench.report import machine_facts
 from tests.bench.shaping import ShapedLink
 from tests.fixtures.agent import AgentProcess
 from tests.fixtures.cri import CRINode, push_pause_image
@@ -436,9 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lzcold-", dir=args.tmp))
     results: Results = {}
     report: dict[str, Any] = {
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg()[0],
+        **machine_facts(),
         "runs": args.runs,
         "rate": args.rate,
     }

@@ -38,7 +38,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import selectors
 import shutil
 import signal
@@ -62,6 +61,7 @@ from lazyimage.registry import Reference, RegistryClient
 from tests.bench import synthetic
 from tests.bench.mounts import mount_overlay, remove_mounts, umount
 from tests.bench.reference import StargzReference, chain_ids
+from tests.bench.report import machine_facts
 from tests.bench.report import print_table as _print_table
 from tests.bench.report import ratio as _ratio
 from tests.bench.shaping import ShapedLink
@@ -976,9 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="lazyimage-bench-fs-", dir=args.tmp))
     report: dict[str, Any] = {
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg()[0],
+        **machine_facts(),
         "runs": args.runs,
         "passes": args.passes,
     }

@@ -3,9 +3,12 @@ header."""
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["format_table", "print_table", "ratio"]
+__all__ = ["format_table", "machine_facts", "print_table", "ratio"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -30,3 +33,12 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "-"
+
+
+def machine_facts() -> dict[str, Any]:
+    """What a report needs to say about the machine it ran on."""
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg()[0],
+    }
