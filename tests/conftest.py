@@ -7,4 +7,6 @@ pytest_plugins = [
     "tests.fixtures.gotools",
     "tests.fixtures.images",
     "tests.fixtures.agent",
+    "tests.fixtures.kube",
+    "tests.fixtures.operator",
 ]

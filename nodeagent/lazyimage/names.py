@@ -15,6 +15,11 @@ __all__ = [
     "LABEL_SNAPSHOT_REF",
     "LABEL_STARGZ_DIGEST",
     "LABEL_STARGZ_REFERENCE",
+    "LAZYIMAGE_KIND",
+    "LAZYIMAGE_NODE_KIND",
+    "LAZYIMAGE_NODE_PLURAL",
+    "LAZYIMAGE_PLURAL",
+    "MANAGED_BY_LABEL",
     "METRIC_PREFIX",
     "NO_PREFETCH_LANDMARK",
     "POD_PREWARM_ANNOTATION",
@@ -55,6 +60,12 @@ LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
 API_GROUP = "lazyimage.io"
 API_VERSION = "v1alpha1"
 POD_PREWARM_ANNOTATION = "lazyimage.io/prewarm"
+LAZYIMAGE_KIND = "LazyImage"
+LAZYIMAGE_PLURAL = "lazyimages"
+LAZYIMAGE_NODE_KIND = "LazyImageNode"
+LAZYIMAGE_NODE_PLURAL = "lazyimagenodes"
+# On LazyImage objects the operator made for prewarmed pods' images (not the ones users made)
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 # Node agent
 SNAPSHOTTER_NAME = "lazyimage"

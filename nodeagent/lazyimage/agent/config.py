@@ -26,6 +26,11 @@ class AgentConfig:
     background_quiet: float  # seconds without on-demand fetches before fill goes on
     stall_timeout: float
     log_level: str
+    # The Kubernetes node this agent serves; set, the agent follows that node's LazyImageNode
+    # and carries out the operator's prefetch orders. Unset, it runs without a control plane.
+    node_name: str | None = None
+    kubeconfig: Path | None = None  # None: the pod's service account (or $KUBECONFIG)
+    report_interval: float = 30.0  # seconds between status reports without a change
 
     @property
     def mountpoint(self) -> Path:
@@ -124,6 +129,30 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="abandon and retry a range request that makes no progress (LAZYIMAGE_STALL_TIMEOUT)",
     )
     parser.add_argument(
+        "--node-name",
+        default=env.get("LAZYIMAGE_NODE_NAME") or None,
+        metavar="NODE",
+        help="follow this node's LazyImageNode and carry out its prefetch orders; set it "
+        "from the pod's spec.nodeName (LAZYIMAGE_NODE_NAME)",
+    )
+    kubeconfig = env.get("LAZYIMAGE_KUBECONFIG")
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=Path(kubeconfig) if kubeconfig else None,
+        metavar="FILE",
+        help="API server credentials for --node-name; default: the pod's service account, "
+        "else $KUBECONFIG (LAZYIMAGE_KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--report-interval",
+        type=float,
+        default=float(env.get("LAZYIMAGE_REPORT_INTERVAL", "30")),
+        metavar="SECONDS",
+        help="with --node-name: report the heartbeat and cache hits at least this often; "
+        "finished prefetches are reported at once (LAZYIMAGE_REPORT_INTERVAL)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("LAZYIMAGE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -148,4 +177,7 @@ def parse_config(
         background_quiet=args.background_quiet,
         stall_timeout=args.stall_timeout,
         log_level=args.log_level,
+        node_name=args.node_name,
+        kubeconfig=args.kubeconfig,
+        report_interval=args.report_interval,
     )

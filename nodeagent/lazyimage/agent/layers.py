@@ -113,6 +113,8 @@ class LayerManager:
         self._background = background_fill
         self._tocs = tocs
         self._layers: dict[str, MountedLayer] = {}
+        # Cache hits and misses of layers since unmounted, by layer digest.
+        self._past_counts: dict[str, tuple[int, int]] = {}
         self._lock = trio.Lock()
         self._preloader: Preloader[_Opened] = Preloader(
             self._preload_open, lambda opened: opened.fetcher.close()
@@ -174,6 +176,11 @@ class LayerManager:
             del self._layers[name]
             await self._fs.remove_layer(name)
             layer.fetcher.close()
+            hits, misses = self._past_counts.get(layer.spec.digest, (0, 0))
+            self._past_counts[layer.spec.digest] = (
+                hits + layer.fetcher.cache_hits,
+                misses + layer.fetcher.cache_misses,
+            )
             metrics.forget_layer(layer.spec.digest)
             await trio.to_thread.run_sync(_release_memory)
             log.info("layer_unmounted", layer=layer.spec.digest)
@@ -192,11 +199,25 @@ class LayerManager:
             return {
                 "digest": spec.digest,
                 "chunks": len(chunks),
+                "zoneBytes": tree.prefetch_zone,
                 "fetchedBytes": fetcher.fetched_bytes - before,
             }
         finally:
             if mounted is None:
                 fetcher.close()
+
+    def cache_counts(self, digests: Sequence[str]) -> tuple[int, int]:
+        """Chunk reads of these layers' mounts served from the cache, and those fetched, since
+        the agent started."""
+        hits = misses = 0
+        for digest in digests:
+            past = self._past_counts.get(digest, (0, 0))
+            hits, misses = hits + past[0], misses + past[1]
+            mounted = self._layers.get(digest.split(":", 1)[-1])
+            if mounted is not None:
+                hits += mounted.fetcher.cache_hits
+                misses += mounted.fetcher.cache_misses
+        return hits, misses
 
     def preload(self, ref: Reference, digests: Sequence[str]) -> int:
         """Start opening these layers of an image (footer, TOC, index) ahead of their mounts;

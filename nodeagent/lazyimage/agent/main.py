@@ -20,10 +20,13 @@ from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
+from lazyimage.agent.orders import OrderRunner
+from lazyimage.agent.prewarm import ImagePrewarmer, dockerconfigjson
 from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache, TOCStore
 from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
+from lazyimage.kube import KubeClient, KubeConfig, ResourcePath
 from lazyimage.logs import configure_logging
 from lazyimage.registry import Keychain, RegistryClient
 from lazyimage.snapshotter import Snapshotter
@@ -71,6 +74,8 @@ async def serve(config: AgentConfig) -> None:
             # may ask for them; one that cannot be is reported and does not stop the rest.
             failed = await trio.to_thread.run_sync(snapshotter.restore)
             grpc_server = serve_snapshots(snapshotter, config.socket)
+            if config.node_name:
+                await nursery.start(follow_orders, config, manager, client, cache)
             control.is_ready = True
             log.info(
                 "agent_ready",
@@ -91,6 +96,39 @@ async def serve(config: AgentConfig) -> None:
                 http.stop()
                 session.terminate()
                 nursery.cancel_scope.cancel()
+
+
+async def follow_orders(
+    config: AgentConfig,
+    manager: LayerManager,
+    client: RegistryClient,
+    cache: ChunkCache,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Carry out the operator's prefetch orders for ``config.node_name`` until cancelled."""
+    assert config.node_name is not None
+    async with KubeClient(KubeConfig.load(config.kubeconfig)) as kube:
+
+        async def load_secret(namespace: str, name: str) -> bytes:
+            secret = await kube.get(ResourcePath("", "v1", "secrets", namespace), name)
+            return dockerconfigjson(secret, namespace, name)
+
+        def cache_usage() -> tuple[int, int]:
+            stats = cache.stats()
+            return stats.bytes, stats.capacity
+
+        runner = OrderRunner(
+            kube,
+            config.node_name,
+            ImagePrewarmer(manager, client, load_secret),
+            cache_counts=manager.cache_counts,
+            cache_usage=cache_usage,
+            heartbeat=config.report_interval,
+        )
+        log.info("following_orders", node=config.node_name, server=kube.config.server)
+        task_status.started()
+        await runner.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

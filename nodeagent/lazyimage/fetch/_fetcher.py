@@ -130,6 +130,10 @@ class LayerFetcher:
         self._covered_bytes = 0
         self._requests: anyio.Semaphore | None = None
         self._fetched = 0
+        # Chunk reads served from the cache, and those that had to be fetched (the agent's
+        # per-image reports add these up over an image's layers).
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._last_failure = ""
         self._prefetches: set[anyio.CancelScope] = set()
         self._background_since: float | None = None  # when background fill first asked
@@ -207,6 +211,7 @@ class LayerFetcher:
                 data = await anyio.to_thread.run_sync(self.cache.read, chunk.digest, start, want)
             if data is not None and len(data) == want:
                 metrics.CACHE_HITS.labels(self.layer).inc()
+                self.cache_hits += 1
                 self._cover(member_of(chunk))
                 if priority is Priority.DEMAND and self._unread:
                     self._note_read([chunk])
@@ -303,11 +308,13 @@ class LayerFetcher:
                     following = None  # once per read
             if claim.hits:
                 loaded = await anyio.to_thread.run_sync(self._load, claim.hits)
+                self.cache_hits += len(loaded)
                 found.update(loaded)
                 unreadable.update(c.digest for c in claim.hits if c.digest not in loaded)
             flights = [*claim.owned, *claim.waits]
             if flights:
                 metrics.CACHE_MISSES.labels(self.layer).inc(len(flights))
+                self.cache_misses += len(flights)
             if claim.owned and not claim.waits:
                 # The usual miss: nothing to wait for but our own fetch, so no task group.
                 await self._fetch([*claim.owned, *ahead], priority)

@@ -248,6 +248,12 @@ class RegistryClient:
     async def __aenter__(self) -> RegistryClient:
         return self
 
+    def add_credentials(self, keychain: Keychain) -> None:
+        """Put ``keychain`` ahead of the credentials the client has, e.g. a pod's pull secret
+        learned after start. Tokens already cached stay in use until they expire."""
+        self.keychain = keychain.merged(self.keychain)
+        self._auth.keychain = self.keychain
+
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 

@@ -1,0 +1,246 @@
+"""Carrying out the operator's prefetch orders for this node.
+
+The node's ``LazyImageNode`` is the channel: the operator writes ``spec.orders``, and this
+runner, the only reader of that object on the node, prefetches each ordered image and writes
+what it did to the object's ``status`` (and nothing else). An order whose ``issuedAt`` changed
+is carried out again. After a restart, an order the status already reports as done for the
+same ``issuedAt`` is not repeated; one that was interrupted is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+import trio
+
+from lazyimage import __version__, errors, names
+from lazyimage.agent.prewarm import ImagePrewarmer, PrewarmResult
+from lazyimage.kube import KubeClient, KubeError, NotFoundError, ResourcePath
+
+__all__ = ["LAZYIMAGE_NODES", "ImageState", "Order", "OrderRunner", "utc_now"]
+
+log = structlog.get_logger(__name__)
+
+LAZYIMAGE_NODES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_NODE_PLURAL)
+# Reports written less often than this are batched; a heartbeat goes at least this often.
+_COALESCE = 0.2
+_HEARTBEAT = 30.0
+_RETRY = 2.0
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Order:
+    image: str
+    lazy_image: str
+    issued_at: str
+    pull_secrets: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> Order | None:
+        image, issued = raw.get("image"), raw.get("issuedAt")
+        if not isinstance(image, str) or not image or not isinstance(issued, str):
+            return None
+        secrets = tuple(
+            (str(ref.get("namespace", "")), str(ref.get("name", "")))
+            for ref in raw.get("pullSecrets") or []
+            if isinstance(ref, Mapping)
+        )
+        return cls(image, str(raw.get("lazyImage") or ""), issued, secrets)
+
+
+@dataclass
+class ImageState:
+    order: Order
+    state: str = "Pending"
+    message: str = ""
+    result: PrewarmResult | None = None
+    updated: str = field(default_factory=utc_now)
+    # Digests of the image's layers as last reported (kept across restarts for cache counts).
+    layers: tuple[str, ...] = ()
+
+    def to_status(self, counts: Callable[[Sequence[str]], tuple[int, int]]) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "image": self.order.image,
+            "issuedAt": self.order.issued_at,
+            "state": self.state,
+            "updated": self.updated,
+        }
+        if self.order.lazy_image:
+            raw["lazyImage"] = self.order.lazy_image
+        if self.message:
+            raw["message"] = self.message[:1024]
+        if self.result is not None:
+            raw |= {
+                "digest": self.result.digest,
+                "layers": self.result.layer_count,
+                "zoneBytes": self.result.zone_bytes,
+                "fetchedBytes": self.result.fetched_bytes,
+                "seconds": round(self.result.seconds, 3),
+            }
+        hits, misses = counts(self.layers)
+        raw["cacheHits"], raw["cacheMisses"] = hits, misses
+        return raw
+
+
+class OrderRunner:
+    def __init__(
+        self,
+        kube: KubeClient,
+        node: str,
+        prewarmer: ImagePrewarmer,
+        *,
+        cache_counts: Callable[[Sequence[str]], tuple[int, int]],
+        cache_usage: Callable[[], tuple[int, int]],
+        concurrency: int = 2,
+        heartbeat: float = _HEARTBEAT,
+    ) -> None:
+        self._kube = kube
+        self._node = node
+        self._prewarmer = prewarmer
+        self._counts = cache_counts
+        self._usage = cache_usage
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._heartbeat = heartbeat
+        self._states: dict[str, ImageState] = {}
+        self._seen = False
+        self._changed = trio.Event()
+
+    @property
+    def states(self) -> Mapping[str, ImageState]:
+        return self._states
+
+    async def run(self) -> None:
+        """Follow the node's object and carry out its orders, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._report_loop)
+            stream = self._kube.watch_object(LAZYIMAGE_NODES, self._node)
+            async with contextlib.aclosing(stream):
+                async for obj in stream:
+                    self._apply(nursery, obj)
+
+    def _apply(self, nursery: trio.Nursery, obj: dict[str, Any] | None) -> None:
+        if obj is None:
+            return
+        orders = [
+            order
+            for raw in (obj.get("spec") or {}).get("orders") or []
+            if isinstance(raw, Mapping) and (order := Order.from_spec(raw)) is not None
+        ]
+        if not self._seen:
+            self._adopt((obj.get("status") or {}).get("images") or [], orders)
+            self._seen = True
+        wanted = {order.image for order in orders}
+        for image in [image for image in self._states if image not in wanted]:
+            del self._states[image]
+        for order in orders:
+            current = self._states.get(order.image)
+            if current is not None and current.order.issued_at == order.issued_at:
+                current.order = order  # e.g. a secret added to the same order
+                continue
+            state = ImageState(order, layers=current.layers if current else ())
+            self._states[order.image] = state
+            log.info("prefetch_ordered", image=order.image, issued_at=order.issued_at)
+            nursery.start_soon(self._execute, state)
+        self._changed.set()
+
+    def _adopt(self, reports: Sequence[Any], orders: Sequence[Order]) -> None:
+        """Take over what the status says was done before a restart, for unchanged orders."""
+        by_image = {order.image: order for order in orders}
+        for report in reports:
+            if not isinstance(report, Mapping):
+                continue
+            order = by_image.get(str(report.get("image")))
+            if order is None or report.get("issuedAt") != order.issued_at:
+                continue
+            if report.get("state") in ("Ready", "Failed"):
+                self._states[order.image] = ImageState(
+                    order,
+                    state=str(report["state"]),
+                    message=str(report.get("message", "")),
+                    result=_result_of(report),
+                    updated=str(report.get("updated") or utc_now()),
+                )
+
+    async def _execute(self, state: ImageState) -> None:
+        async with self._limiter:
+            if self._states.get(state.order.image) is not state:
+                return  # superseded by a newer order while it waited
+            state.state, state.updated = "Fetching", utc_now()
+            self._changed.set()
+            started = time.monotonic()
+            try:
+                result = await self._prewarmer.prewarm(state.order.image, state.order.pull_secrets)
+            except (errors.LazyImageError, OSError) as exc:
+                state.state, state.message = "Failed", str(exc)
+                log.warning("prefetch_failed", image=state.order.image, error=str(exc))
+            else:
+                state.state, state.message, state.result = "Ready", "", result
+                state.layers = result.layers
+            state.updated = utc_now()
+            log.info(
+                "prefetch_order_done",
+                image=state.order.image,
+                state=state.state,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            self._changed.set()
+
+    def status(self) -> dict[str, Any]:
+        images = [state.to_status(self._counts) for state in self._states.values()]
+        used, capacity = self._usage()
+        return {
+            "orders": len(images),
+            "ready": sum(1 for raw in images if raw["state"] == "Ready"),
+            "failed": sum(1 for raw in images if raw["state"] == "Failed"),
+            "agent": {"version": __version__, "heartbeat": utc_now()},
+            "cache": {"bytes": used, "capacity": capacity},
+            "images": images,
+        }
+
+    async def _report_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self._heartbeat):
+                await self._changed.wait()
+            await trio.sleep(_COALESCE)
+            self._changed = trio.Event()
+            if not self._seen:
+                continue
+            try:
+                await self._kube.merge_patch(
+                    LAZYIMAGE_NODES, self._node, {"status": self.status()}, subresource="status"
+                )
+            except NotFoundError:
+                self._seen = False  # deleted: nothing to report to until it is back
+            except KubeError as exc:
+                log.warning("status_report_failed", node=self._node, error=str(exc))
+                await trio.sleep(_RETRY)
+                self._changed.set()
+
+
+def _result_of(report: Mapping[str, Any]) -> PrewarmResult | None:
+    if report.get("state") != "Ready" or not isinstance(report.get("digest"), str):
+        return None
+
+    def number(key: str) -> int:
+        value = report.get(key)
+        return value if isinstance(value, int) else 0
+
+    return PrewarmResult(
+        digest=str(report["digest"]),
+        layers=(),
+        layer_count=number("layers"),
+        skipped=0,
+        zone_bytes=number("zoneBytes"),
+        fetched_bytes=number("fetchedBytes"),
+        seconds=float(report.get("seconds") or 0.0),
+    )

@@ -1,0 +1,33 @@
+"""A small async Kubernetes API client: config loading, a few verbs, and watches.
+
+The agent uses it to follow its node's ``LazyImageNode`` and to write that object's status;
+nothing in it is specific to that resource. ``KubeConfig`` comes from a kubeconfig or from
+the pod's service account; one ``KubeClient`` (an async context manager) holds one HTTP/1.1
+connection pool. Every failure is a ``KubeError`` naming the verb, the path and the
+apiserver's Status message; 404, 409 and 410 have their own subclasses. Only httpx and anyio
+are used, so the client runs under trio and asyncio alike.
+"""
+
+from lazyimage.kube._client import KubeClient
+from lazyimage.kube._config import KubeConfig
+from lazyimage.kube._errors import (
+    ConflictError,
+    GoneError,
+    KubeConfigError,
+    KubeError,
+    NotFoundError,
+)
+from lazyimage.kube._resource import ResourcePath
+from lazyimage.kube._watch import WatchEvent
+
+__all__ = [
+    "ConflictError",
+    "GoneError",
+    "KubeClient",
+    "KubeConfig",
+    "KubeConfigError",
+    "KubeError",
+    "NotFoundError",
+    "ResourcePath",
+    "WatchEvent",
+]

@@ -1,0 +1,169 @@
+"""The kopf handlers: thin, each hands its event to a plain function.
+
+Pods are only watched, never written (``on.event`` keeps no state on them). Progress and
+finalizers live only on LazyImage objects, which own their timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import kopf
+from lazyimage import names
+from lazyimage.kube import KubeClient, KubeConfig
+
+from lazyimage_operator.config import OperatorConfig
+from lazyimage_operator.fold import NodeImageView, fold_status, node_views
+from lazyimage_operator.orders import format_time
+from lazyimage_operator.pods import prewarm_request
+from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders
+from lazyimage_operator.writer import ClusterWriter
+
+__all__ = ["connection_info", "operator_settings", "register"]
+
+_GROUP, _VERSION = names.API_GROUP, names.API_VERSION
+# A selector LazyImage orders a node once; pods re-order stale images themselves.
+_SELECTOR_REFRESH = timedelta(days=3650)
+
+logger = logging.getLogger(__name__)
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = f"{names.API_GROUP}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.API_GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+    return settings
+
+
+def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the same config as the operator's own client. kopf calls this
+    again on a 401, which picks up a rotated service-account token."""
+    token = config.token
+    if config.token_file is not None:
+        token = config.token_file.read_text().strip()
+    return kopf.ConnectionInfo(
+        server=config.server,
+        ca_data=config.ca_data,
+        insecure=config.insecure_skip_tls_verify,
+        token=token,
+        certificate_data=config.client_cert_data,
+        private_key_data=config.client_key_data,
+    )
+
+
+def _status_differs(current: Any, folded: dict[str, Any]) -> bool:
+    current = dict(current or {})
+    return any(current.get(key) != value for key, value in folded.items())
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Register the handlers on ``registry``, bound to ``config``. Each has an explicit id:
+    an index is passed to handlers under its id, and ids name kopf's state on objects."""
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(KubeConfig.load(config.kubeconfig))
+
+    @kopf.on.startup(id="connect", registry=registry)
+    async def connect(memo: kopf.Memo, **_: Any) -> None:
+        client = KubeClient(KubeConfig.load(config.kubeconfig))
+        await client.__aenter__()
+        memo["client"] = client
+        memo["writer"] = ClusterWriter(
+            client, refresh=config.order_refresh, limit=config.orders_per_node
+        )
+
+    @kopf.on.cleanup(id="disconnect", registry=registry)
+    async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+        client = memo.get("client")
+        if isinstance(client, KubeClient):
+            await client.__aexit__(None, None, None)
+
+    @kopf.index(
+        _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_image_views", registry=registry
+    )
+    def node_image_views(
+        name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+    ) -> dict[str, NodeImageView]:
+        return node_views(name, spec, status)
+
+    @kopf.index("v1", "nodes", id="node_labels", registry=registry)
+    def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+        return {name: dict(labels)}
+
+    @kopf.on.event(
+        "v1",
+        "pods",
+        annotations={names.POD_PREWARM_ANNOTATION: "true"},
+        field="spec.nodeName",
+        value=kopf.PRESENT,
+        id="pod_bound",
+        registry=registry,
+    )
+    async def pod_bound(body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
+        if type == "DELETED":
+            return
+        request = prewarm_request(body)
+        if request is None:
+            return
+        views: kopf.Index[str, NodeImageView] = kwargs["node_image_views"]
+        orders = await prewarm_pod(memo["writer"], request, views, config.order_refresh)
+        if orders:
+            logger.info(
+                "ordered prefetch on %s for pod %s: %s",
+                request.node,
+                request.pod,
+                ", ".join(order.image for order in orders),
+            )
+
+    @kopf.on.delete(
+        _GROUP,
+        _VERSION,
+        names.LAZYIMAGE_PLURAL,
+        optional=True,
+        id="lazyimage_deleted",
+        registry=registry,
+    )
+    def lazyimage_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo["writer"].forget_lazyimage(name)
+
+    @kopf.timer(
+        _GROUP,
+        _VERSION,
+        names.LAZYIMAGE_PLURAL,
+        interval=config.status_interval,
+        id="lazyimage_reconcile",
+        registry=registry,
+    )
+    async def lazyimage_reconcile(
+        name: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        writer: ClusterWriter = memo["writer"]
+        image_views: kopf.Index[str, NodeImageView] = kwargs["node_image_views"]
+        node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
+        views = list(image_views.get(name, ()))
+        prewarm = SelectorPrewarm.from_spec(name, spec)
+        if prewarm is not None:
+            labels = {node: next(iter(store)) for node, store in node_labels.items() if store}
+            wanted = selector_orders(prewarm, labels, views, writer.now(), _SELECTOR_REFRESH)
+            for node, order in wanted.items():
+                await writer.order(node, [order])
+        folded = fold_status(
+            views, now=format_time(writer.now()), generation=meta.get("generation"), previous=status
+        )
+        if _status_differs(status, folded):
+            patch.status.update(folded)
