@@ -132,6 +132,7 @@ def test_a_bound_pod_is_prewarmed_on_its_node(
         30,
         agent.log,
     )
+    print(cluster.kubectl("get", "lazyimages", "-o", "wide").stdout)
 
 
 def test_a_failed_prefetch_is_reported_with_its_reason(
