@@ -19,6 +19,7 @@ from lazyimage_operator.fold import NodeImageView, fold_status, node_views
 from lazyimage_operator.orders import format_time
 from lazyimage_operator.pods import prewarm_request
 from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders
+from lazyimage_operator.profiles import newer_profiles
 from lazyimage_operator.writer import ClusterWriter
 
 __all__ = ["connection_info", "operator_settings", "register"]
@@ -94,6 +95,34 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
     ) -> dict[str, NodeImageView]:
         return node_views(name, spec, status)
+
+    @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="profile_recorded", registry=registry)
+    def profile_recorded(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+        recorded = (status.get("profile") or {}).get("recorded")
+        return {name: str(recorded)} if recorded else {}
+
+    @kopf.on.event(
+        _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_reported", registry=registry
+    )
+    async def node_reported(
+        name: str, type: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        if type == "DELETED" or not status.get("profiles"):
+            return
+        recorded: kopf.Index[str, str] = kwargs["profile_recorded"]
+        written: dict[str, str] = memo.setdefault("profiles_written", {})
+        known = {key: max(store) for key, store in recorded.items() if store}
+        for lazy, when in written.items():
+            known[lazy] = max(when, known.get(lazy, ""))
+        for lazy, profile in newer_profiles(name, status, known).items():
+            if await memo["writer"].set_profile(lazy, profile):
+                written[lazy] = profile["recorded"]
+                logger.info(
+                    "learned the startup profile of %s from %s: %s files",
+                    lazy,
+                    name,
+                    profile.get("files", "?"),
+                )
 
     @kopf.index("v1", "nodes", id="node_labels", registry=registry)
     def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:

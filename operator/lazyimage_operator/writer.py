@@ -113,5 +113,15 @@ class ClusterWriter:
         self._known_lazyimages.add(name)
         return made
 
+    async def set_profile(self, name: str, profile: dict[str, Any]) -> bool:
+        """Make ``profile`` the LazyImage's learned startup profile. False if there is no such
+        LazyImage (only prewarmed images keep profiles)."""
+        patch = {"status": {"profile": profile}}
+        try:
+            await self._client.merge_patch(LAZYIMAGES, name, patch, subresource="status")
+        except NotFoundError:
+            return False
+        return True
+
     def forget_lazyimage(self, name: str) -> None:
         self._known_lazyimages.discard(name)

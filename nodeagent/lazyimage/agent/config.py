@@ -31,6 +31,7 @@ class AgentConfig:
     node_name: str | None = None
     kubeconfig: Path | None = None  # None: the pod's service account (or $KUBECONFIG)
     report_interval: float = 30.0  # seconds between status reports without a change
+    profile_window: float = 15.0  # seconds of a mount's reads kept as its startup profile
 
     @property
     def mountpoint(self) -> Path:
@@ -153,6 +154,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "finished prefetches are reported at once (LAZYIMAGE_REPORT_INTERVAL)",
     )
     parser.add_argument(
+        "--profile-window",
+        type=float,
+        default=float(env.get("LAZYIMAGE_PROFILE_WINDOW", "15")),
+        metavar="SECONDS",
+        help="with --node-name: report the files each image's containers read in their first "
+        "SECONDS as the image's learned startup profile; 0 turns it off "
+        "(LAZYIMAGE_PROFILE_WINDOW)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("LAZYIMAGE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -180,4 +190,5 @@ def parse_config(
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
         report_interval=args.report_interval,
+        profile_window=args.profile_window,
     )

@@ -24,7 +24,14 @@ from lazyimage.cache import ChunkCache, StoredTOC, TOCStore
 from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
 from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, RegistrySource, TokenBucket
 from lazyimage.fusefs import LayerFilesystem
-from lazyimage.layer import ROOT, AccessRecorder, Following, LayerTree, RemoteLayer
+from lazyimage.layer import (
+    ROOT,
+    AccessRecorder,
+    Following,
+    LayerTree,
+    ProfileEntry,
+    RemoteLayer,
+)
 from lazyimage.oci import is_digest
 from lazyimage.registry import Reference, RegistryClient
 
@@ -73,6 +80,23 @@ class MountedLayer:
     prefetch_done: trio.Event = field(default_factory=trio.Event)
     fill_done: trio.Event = field(default_factory=trio.Event)
     prefetch_error: str = ""
+
+    @property
+    def image(self) -> str:
+        """The image as pods name it: by tag when there is one (a pinned digest dropped)."""
+        ref = self.spec.ref
+        return str(ref.with_tag(ref.tag)) if ref.tag and ref.digest else str(ref)
+
+    @property
+    def digest(self) -> str:
+        return self.spec.digest
+
+    @property
+    def mounted_for(self) -> float:
+        return time.monotonic() - self.mounted_at
+
+    def reads(self) -> list[ProfileEntry]:
+        return self.recorder.profile()
 
     def describe(self) -> dict[str, Any]:
         return {

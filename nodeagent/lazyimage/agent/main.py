@@ -22,6 +22,7 @@ from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
 from lazyimage.agent.orders import OrderRunner
 from lazyimage.agent.prewarm import ImagePrewarmer, dockerconfigjson
+from lazyimage.agent.profiles import ProfileBook
 from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache, TOCStore
 from lazyimage.fetch import FetchConfig, TokenBucket
@@ -125,6 +126,8 @@ async def follow_orders(
             cache_counts=manager.cache_counts,
             cache_usage=cache_usage,
             heartbeat=config.report_interval,
+            profiles=ProfileBook(config.profile_window) if config.profile_window > 0 else None,
+            mounted=manager.all,
         )
         log.info("following_orders", node=config.node_name, server=kube.config.server)
         task_status.started()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ import trio
 
 from lazyimage import __version__, errors, names
 from lazyimage.agent.prewarm import ImagePrewarmer, PrewarmResult
+from lazyimage.agent.profiles import ProfileBook, RecordedLayer, profile_paths
 from lazyimage.kube import KubeClient, KubeError, NotFoundError, ResourcePath
 
 __all__ = ["LAZYIMAGE_NODES", "ImageState", "Order", "OrderRunner", "utc_now"]
@@ -28,6 +29,7 @@ __all__ = ["LAZYIMAGE_NODES", "ImageState", "Order", "OrderRunner", "utc_now"]
 log = structlog.get_logger(__name__)
 
 LAZYIMAGE_NODES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_NODE_PLURAL)
+LAZYIMAGES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_PLURAL)
 # Reports written less often than this are batched; a heartbeat goes at least this often.
 _COALESCE = 0.2
 _HEARTBEAT = 30.0
@@ -86,6 +88,7 @@ class ImageState:
                 "zoneBytes": self.result.zone_bytes,
                 "fetchedBytes": self.result.fetched_bytes,
                 "seconds": round(self.result.seconds, 3),
+                "profileFiles": self.result.profile_files,
             }
         hits, misses = counts(self.layers)
         raw["cacheHits"], raw["cacheMisses"] = hits, misses
@@ -103,6 +106,8 @@ class OrderRunner:
         cache_usage: Callable[[], tuple[int, int]],
         concurrency: int = 2,
         heartbeat: float = _HEARTBEAT,
+        profiles: ProfileBook | None = None,
+        mounted: Callable[[], Iterable[RecordedLayer]] = tuple,
     ) -> None:
         self._kube = kube
         self._node = node
@@ -114,6 +119,9 @@ class OrderRunner:
         self._states: dict[str, ImageState] = {}
         self._seen = False
         self._changed = trio.Event()
+        self._profiles = profiles
+        self._mounted = mounted
+        self._profiles_changed = False
 
     @property
     def states(self) -> Mapping[str, ImageState]:
@@ -123,6 +131,8 @@ class OrderRunner:
         """Follow the node's object and carry out its orders, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._report_loop)
+            if self._profiles is not None:
+                nursery.start_soon(self._profile_loop, self._profiles)
             stream = self._kube.watch_object(LAZYIMAGE_NODES, self._node)
             async with contextlib.aclosing(stream):
                 async for obj in stream:
@@ -179,7 +189,10 @@ class OrderRunner:
             self._changed.set()
             started = time.monotonic()
             try:
-                result = await self._prewarmer.prewarm(state.order.image, state.order.pull_secrets)
+                learned = await self._learned(state.order)
+                result = await self._prewarmer.prewarm(
+                    state.order.image, state.order.pull_secrets, learned
+                )
             except (errors.LazyImageError, OSError) as exc:
                 state.state, state.message = "Failed", str(exc)
                 log.warning("prefetch_failed", image=state.order.image, error=str(exc))
@@ -194,6 +207,24 @@ class OrderRunner:
                 seconds=round(time.monotonic() - started, 3),
             )
             self._changed.set()
+
+    async def _learned(self, order: Order) -> dict[str, list[str]]:
+        """The startup profile the operator keeps in the order's LazyImage, if any."""
+        if not order.lazy_image:
+            return {}
+        try:
+            lazy = await self._kube.get(LAZYIMAGES, order.lazy_image)
+        except KubeError as exc:
+            log.info("profile_unavailable", lazy_image=order.lazy_image, error=str(exc))
+            return {}
+        return profile_paths((lazy.get("status") or {}).get("profile"))
+
+    async def _profile_loop(self, book: ProfileBook) -> None:
+        while True:
+            await trio.sleep(min(1.0, book.window / 2))
+            if book.collect(self._mounted(), utc_now()):
+                self._profiles_changed = True
+                self._changed.set()
 
     def status(self) -> dict[str, Any]:
         images = [state.to_status(self._counts) for state in self._states.values()]
@@ -215,14 +246,23 @@ class OrderRunner:
             self._changed = trio.Event()
             if not self._seen:
                 continue
+            status = self.status()
+            # Profiles are large and rarely change: sent only when they do (a merge patch
+            # leaves the fields it does not name as they are).
+            send_profiles = self._profiles is not None and self._profiles_changed
+            if send_profiles and self._profiles is not None:
+                status["profiles"] = self._profiles.to_status()
+                self._profiles_changed = False
             try:
                 await self._kube.merge_patch(
-                    LAZYIMAGE_NODES, self._node, {"status": self.status()}, subresource="status"
+                    LAZYIMAGE_NODES, self._node, {"status": status}, subresource="status"
                 )
             except NotFoundError:
                 self._seen = False  # deleted: nothing to report to until it is back
+                self._profiles_changed |= send_profiles
             except KubeError as exc:
                 log.warning("status_report_failed", node=self._node, error=str(exc))
+                self._profiles_changed |= send_profiles
                 await trio.sleep(_RETRY)
                 self._changed.set()
 

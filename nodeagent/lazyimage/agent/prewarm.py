@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +36,7 @@ class PrewarmResult:
     zone_bytes: int  # the prioritized zones' compressed size
     fetched_bytes: int  # bytes fetched for them now (0 when all were cached)
     seconds: float
+    profile_files: int = 0  # files of the image's learned startup profile prefetched too
 
 
 class ImagePrewarmer:
@@ -51,8 +52,13 @@ class ImagePrewarmer:
         self._secrets_added: set[tuple[str, str, bytes]] = set()
 
     async def prewarm(
-        self, image: str, pull_secrets: Sequence[tuple[str, str]] = ()
+        self,
+        image: str,
+        pull_secrets: Sequence[tuple[str, str]] = (),
+        learned: Mapping[str, Sequence[str]] | None = None,
     ) -> PrewarmResult:
+        """Prefetch the image's priority zones, and the files of its ``learned`` startup
+        profile ({layer digest: paths}) in the layers that have them."""
         started = time.monotonic()
         ref = Reference.parse(image)
         await self._add_secrets(pull_secrets)
@@ -67,11 +73,21 @@ class ImagePrewarmer:
         ]
         zones: dict[str, int] = {}
         fetched: dict[str, int] = {}
+        learned = learned or {}
 
         async def one(spec: LayerSpec) -> None:
             result = await self._manager.prefetch(spec, None)
             fetched[spec.digest] = int(result["fetchedBytes"])
             zones[spec.digest] = int(result.get("zoneBytes", 0))
+            paths = list(learned.get(spec.digest, ()))
+            if paths:
+                try:
+                    more = await self._manager.prefetch(spec, paths)
+                except errors.NotFoundError as exc:
+                    # A profile is a hint, recorded elsewhere: a bad one costs only itself.
+                    log.warning("profile_ignored", image=image, layer=spec.digest, error=str(exc))
+                else:
+                    fetched[spec.digest] += int(more["fetchedBytes"])
 
         # An image's layers prefetch side by side, as containerd would mount them.
         async with trio.open_nursery() as nursery:
@@ -85,6 +101,7 @@ class ImagePrewarmer:
             zone_bytes=sum(zones.values()),
             fetched_bytes=sum(fetched.values()),
             seconds=time.monotonic() - started,
+            profile_files=sum(len(learned.get(spec.digest, ())) for spec in specs),
         )
         log.info(
             "image_prewarmed",

@@ -33,7 +33,16 @@ def test_lazyimage_names_and_columns(lazyimage_crds: KubeCluster) -> None:
             assert cluster.kubectl("get", spelling, "crd-columns", "-o", "name").stdout.strip() == (
                 "lazyimage.lazyimage.io/crd-columns"
             )
-        assert table[0].split() == ["NAME", "IMAGE", "READY", "FETCHED", "HITS", "MISSES", "AGE"]
+        assert table[0].split() == [
+            "NAME",
+            "IMAGE",
+            "READY",
+            "FETCHED",
+            "HITS",
+            "MISSES",
+            "PROFILE",
+            "AGE",
+        ]
         assert table[1].split()[:2] == ["crd-columns", "reg.local:5000/app:1"]
         crd = get_json(cluster, "crd", "lazyimagenodes.lazyimage.io")
         assert crd["spec"]["scope"] == "Cluster"

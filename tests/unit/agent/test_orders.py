@@ -12,6 +12,7 @@ import trio
 from lazyimage import errors
 from lazyimage.agent.orders import OrderRunner
 from lazyimage.agent.prewarm import PrewarmResult
+from lazyimage.kube import NotFoundError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -48,6 +49,9 @@ class FakeKube:
         async for obj in self._receive:
             yield obj
 
+    async def get(self, path: Any, name: str) -> Any:
+        raise NotFoundError(f"{name} not found")
+
     async def merge_patch(self, path: Any, name: str, patch: Any, **_: Any) -> Any:
         self.patches.append(patch)
         return {}
@@ -58,7 +62,9 @@ class FakePrewarmer:
         self.calls: list[str] = []
         self.failing = failing
 
-    async def prewarm(self, image: str, secrets: Sequence[tuple[str, str]] = ()) -> PrewarmResult:
+    async def prewarm(
+        self, image: str, secrets: Sequence[tuple[str, str]] = (), learned: Any = None
+    ) -> PrewarmResult:
         self.calls.append(image)
         await trio.sleep(0.01)
         if image in self.failing:
