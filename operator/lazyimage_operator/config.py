@@ -19,3 +19,4 @@ class OperatorConfig:
     # How often each LazyImage's status is folded and its selector orders checked.
     status_interval: float = 2.0
     liveness: str | None = None
+    metrics: str | None = None  # HOST:PORT to serve /metrics on

@@ -7,13 +7,15 @@ finalizers live only on LazyImage objects, which own their timer.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
 import kopf
 from lazyimage import names
-from lazyimage.kube import KubeClient, KubeConfig
+from lazyimage.kube import KubeClient, KubeConfig, KubeError
 
+from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
 from lazyimage_operator.fold import NodeImageView, fold_status, node_views
 from lazyimage_operator.orders import format_time
@@ -75,6 +77,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.startup(id="connect", registry=registry)
     async def connect(memo: kopf.Memo, **_: Any) -> None:
+        if config.metrics:
+            metrics.serve_metrics(config.metrics)
         client = KubeClient(KubeConfig.load(config.kubeconfig))
         await client.__aenter__()
         memo["client"] = client
@@ -117,6 +121,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         for lazy, profile in newer_profiles(name, status, known).items():
             if await memo["writer"].set_profile(lazy, profile):
                 written[lazy] = profile["recorded"]
+                metrics.PROFILES_LEARNED.inc()
                 logger.info(
                     "learned the startup profile of %s from %s: %s files",
                     lazy,
@@ -144,8 +149,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if request is None:
             return
         views: kopf.Index[str, NodeImageView] = kwargs["node_image_views"]
-        orders = await prewarm_pod(memo["writer"], request, views, config.order_refresh)
+        started = time.monotonic()
+        try:
+            orders = await prewarm_pod(memo["writer"], request, views, config.order_refresh)
+        except KubeError:
+            metrics.ORDERS.labels("pod", "failed").inc()
+            raise
+        fresh = len(request.images) - len(orders)
+        if fresh:
+            metrics.ORDERS.labels("pod", "fresh").inc(fresh)
         if orders:
+            metrics.ORDERS.labels("pod", "written").inc(len(orders))
+            metrics.ORDER_SECONDS.observe(time.monotonic() - started)
             logger.info(
                 "ordered prefetch on %s for pod %s: %s",
                 request.node,
@@ -191,8 +206,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             wanted = selector_orders(prewarm, labels, views, writer.now(), _SELECTOR_REFRESH)
             for node, order in wanted.items():
                 await writer.order(node, [order])
+                metrics.ORDERS.labels("selector", "written").inc()
         folded = fold_status(
             views, now=format_time(writer.now()), generation=meta.get("generation"), previous=status
         )
         if _status_differs(status, folded):
             patch.status.update(folded)
+            metrics.STATUS_WRITES.inc()

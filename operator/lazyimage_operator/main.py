@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    parser.add_argument(
+        "--metrics",
+        default=env("LAZYIMAGE_METRICS") or None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (prefix lazyimage_operator_) on HOST:PORT",
+    )
     parser.add_argument("--log-level", default=env("LAZYIMAGE_LOG_LEVEL", "info"))
     return parser
 
@@ -78,6 +84,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[OperatorConfig, str
         orders_per_node=args.orders_per_node,
         status_interval=args.status_interval,
         liveness=args.liveness,
+        metrics=args.metrics,
     )
     return config, str(args.log_level).upper()
 

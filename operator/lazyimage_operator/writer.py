@@ -22,6 +22,7 @@ __all__ = ["LAZYIMAGES", "LAZYIMAGE_NODES", "ClusterWriter"]
 
 LAZYIMAGES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_PLURAL)
 LAZYIMAGE_NODES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_NODE_PLURAL)
+NODES = ResourcePath("", "v1", "nodes")
 _API_VERSION = f"{names.API_GROUP}/{names.API_VERSION}"
 _ATTEMPTS = 8
 OPERATOR_NAME = "lazyimage-operator"
@@ -80,10 +81,17 @@ class ClusterWriter:
 
     async def _create_node(self, node: str, orders: Sequence[Order]) -> bool:
         merged = merge_orders([], orders, now=self.now(), refresh=self._refresh, limit=self._limit)
+        metadata: dict[str, Any] = {
+            "name": node,
+            "labels": {names.MANAGED_BY_LABEL: OPERATOR_NAME},
+        }
+        owner = await self._node_owner(node)
+        if owner is not None:
+            metadata["ownerReferences"] = [owner]
         body = {
             "apiVersion": _API_VERSION,
             "kind": names.LAZYIMAGE_NODE_KIND,
-            "metadata": {"name": node, "labels": {names.MANAGED_BY_LABEL: OPERATOR_NAME}},
+            "metadata": metadata,
             "spec": {"orders": merged or []},
         }
         try:
@@ -91,6 +99,15 @@ class ClusterWriter:
         except ConflictError:  # made meanwhile, by the agent or another write: merge into it
             return False
         return True
+
+    async def _node_owner(self, node: str) -> dict[str, Any] | None:
+        """The Node as the owner of its LazyImageNode, so the garbage collector removes the
+        channel with the node. None if the Node is not (yet) there."""
+        try:
+            found = await self._client.get(NODES, node)
+        except NotFoundError:
+            return None
+        return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": found["metadata"]["uid"]}
 
     async def ensure_lazyimage(self, name: str, image: str) -> bool:
         """Make the LazyImage ``name`` for ``image`` unless it exists. True if made.

@@ -10,14 +10,16 @@ import base64
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.agent import parse_metrics
 from tests.fixtures.images import TestImage
 from tests.fixtures.kube import KubeCluster
-from tests.fixtures.registry import RegistryServer
+from tests.fixtures.registry import RegistryServer, free_port
 from tests.integration.agent.lazyimage_env import push_estargz
 from tests.integration.convert.cli import lazyimage
 from tests.integration.operator.helpers import (
@@ -70,7 +72,8 @@ def test_a_bound_pod_is_prewarmed_on_its_node(
         python_image, registry, "prewarm/python", "--prioritize-from", str(listing)
     )
     agent = _agent(agent_factory, registry, cluster, node)
-    operator = operator_factory(cluster.kubeconfig)
+    metrics_port = free_port()
+    operator = operator_factory(cluster.kubeconfig, "--metrics", f"127.0.0.1:{metrics_port}")
     registry.clear_access_log()
 
     created = time.monotonic()
@@ -133,6 +136,11 @@ def test_a_bound_pod_is_prewarmed_on_its_node(
         agent.log,
     )
     print(cluster.kubectl("get", "lazyimages", "-o", "wide").stdout)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        exported = parse_metrics(page.read().decode())
+    assert exported['lazyimage_operator_orders_total{result="written",source="pod"}'] == 1.0
+    assert exported["lazyimage_operator_order_seconds_count"] == 1.0
+    assert exported["lazyimage_operator_status_writes_total"] >= 2
 
 
 def test_a_failed_prefetch_is_reported_with_its_reason(
@@ -254,6 +262,12 @@ def test_a_lazyimage_with_a_node_selector_orders_matching_nodes(
         )
         assert orders[0]["image"] == "reg.local:5000/model:7"
         assert orders[0]["lazyImage"] == "selected"
+        # The node owns its channel: deleting the Node lets the garbage collector remove it.
+        owners = get_json(cluster, "lazyimagenode", "sel-gpu-1")["metadata"]["ownerReferences"]
+        node_uid = get_json(cluster, "node", "sel-gpu-1")["metadata"]["uid"]
+        assert owners == [
+            {"apiVersion": "v1", "kind": "Node", "name": "sel-gpu-1", "uid": node_uid}
+        ]
         time.sleep(1.5)  # three status intervals: the cpu node would have been ordered by now
         assert get_json(cluster, "lazyimagenode", "sel-cpu-1") is None
         status = wait_for(
