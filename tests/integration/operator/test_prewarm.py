@@ -35,16 +35,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 STARTUP_FILES = "usr/lib/python3.11/json/**\nusr/lib/python3.11/encodings/**\n"
 
 
+def _agent_args(cluster: KubeCluster, node: str) -> list[str]:
+    return [
+        "--node-name", node,
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--no-background-fill",
+        "--report-interval", "0.5",
+    ]  # fmt: skip
+
+
 def _agent(agent_factory: Any, registry: RegistryServer, cluster: KubeCluster, node: str) -> Any:
-    return agent_factory(
-        [registry.host],
-        extra=[
-            "--node-name", node,
-            "--kubeconfig", str(cluster.kubeconfig),
-            "--no-background-fill",
-            "--report-interval", "0.5",
-        ],
-    )  # fmt: skip
+    return agent_factory([registry.host], extra=_agent_args(cluster, node))
 
 
 def _lazyimage_of(cluster: KubeCluster, image: str) -> dict[str, Any] | None:
@@ -289,3 +290,51 @@ def test_a_lazyimage_with_a_node_selector_orders_matching_nodes(
     finally:
         cluster.kubectl("delete", "lazyimage", "selected", "--wait=false", check=False)
         cluster.kubectl("delete", "node", "sel-gpu-1", "sel-cpu-1", "--wait=false", check=False)
+
+
+def test_orders_and_reports_survive_restarts(
+    lazyimage_crds: KubeCluster,
+    kube_namespace: str,
+    registry: RegistryServer,
+    busybox_image: TestImage,
+    agent_factory: Any,
+    operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """A killed agent takes over what its status says it did and is not ordered again; a
+    restarted operator keeps the orders it wrote and does not re-issue fresh ones."""
+    cluster, node = lazyimage_crds, "prewarm-node-restart"
+    image = push_estargz(busybox_image, registry, "prewarm/busybox")
+    state = tmp_path / "agent-state"
+    agent = agent_factory([registry.host], extra=_agent_args(cluster, node), state_dir=state)
+    operator = operator_factory(cluster.kubeconfig)
+    create(cluster, prewarm_pod("one", kube_namespace, node, image.ref))
+    first = wait_for(
+        "the first report",
+        lambda: (r := node_image(cluster, node, image.ref)) and r["state"] == "Ready" and r,
+        60,
+        lambda: agent.log() + operator.log(),
+    )
+
+    agent.kill()
+    operator.stop()
+    again = agent_factory([registry.host], extra=_agent_args(cluster, node), state_dir=state)
+    operator = operator_factory(cluster.kubeconfig)
+    create(cluster, prewarm_pod("two", kube_namespace, node, image.ref))
+    heartbeat = get_json(cluster, "lazyimagenode", node)["status"]["agent"]["heartbeat"]
+    wait_for(
+        "a heartbeat from the new agent",
+        lambda: (
+            get_json(cluster, "lazyimagenode", node)["status"]["agent"]["heartbeat"] != heartbeat
+        ),
+        30,
+        again.log,
+    )
+    time.sleep(1.0)  # two status intervals for the operator to (wrongly) re-order
+    after = get_json(cluster, "lazyimagenode", node)
+    assert [o["issuedAt"] for o in after["spec"]["orders"]] == [first["issuedAt"]]
+    report = node_image(cluster, node, image.ref)
+    assert report is not None and report["state"] == "Ready"
+    assert report["issuedAt"] == first["issuedAt"] and report["digest"] == first["digest"]
+    events = [event.get("event") for event in again.log_events()]
+    assert "prefetch_ordered" not in events, again.log()
