@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.fixtures.kube import KubeCluster
+from tests.fixtures.registry import RegistryServer
 
 
 def get_json(cluster: KubeCluster, *args: str) -> Any:
@@ -57,3 +58,20 @@ def node_image(cluster: KubeCluster, node: str, image: str) -> dict[str, Any] | 
             found: dict[str, Any] = report
             return found
     return None
+
+
+def agent_args(cluster: KubeCluster, node: str, *extra: str) -> list[str]:
+    """An agent that follows ``node``'s LazyImageNode and reports every half second."""
+    return [
+        "--node-name", node,
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--no-background-fill",
+        "--report-interval", "0.5",
+        *extra,
+    ]  # fmt: skip
+
+
+def node_agent(
+    agent_factory: Any, registry: RegistryServer, cluster: KubeCluster, node: str, *extra: str
+) -> Any:
+    return agent_factory([registry.host], extra=agent_args(cluster, node, *extra))

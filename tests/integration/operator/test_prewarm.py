@@ -23,8 +23,10 @@ from tests.fixtures.registry import RegistryServer, free_port
 from tests.integration.agent.lazyimage_env import push_estargz
 from tests.integration.convert.cli import lazyimage
 from tests.integration.operator.helpers import (
+    agent_args,
     create,
     get_json,
+    node_agent,
     node_image,
     prewarm_pod,
     wait_for,
@@ -33,19 +35,6 @@ from tests.integration.operator.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 STARTUP_FILES = "usr/lib/python3.11/json/**\nusr/lib/python3.11/encodings/**\n"
-
-
-def _agent_args(cluster: KubeCluster, node: str) -> list[str]:
-    return [
-        "--node-name", node,
-        "--kubeconfig", str(cluster.kubeconfig),
-        "--no-background-fill",
-        "--report-interval", "0.5",
-    ]  # fmt: skip
-
-
-def _agent(agent_factory: Any, registry: RegistryServer, cluster: KubeCluster, node: str) -> Any:
-    return agent_factory([registry.host], extra=_agent_args(cluster, node))
 
 
 def _lazyimage_of(cluster: KubeCluster, image: str) -> dict[str, Any] | None:
@@ -72,7 +61,7 @@ def test_a_bound_pod_is_prewarmed_on_its_node(
     image = push_estargz(
         python_image, registry, "prewarm/python", "--prioritize-from", str(listing)
     )
-    agent = _agent(agent_factory, registry, cluster, node)
+    agent = node_agent(agent_factory, registry, cluster, node)
     metrics_port = free_port()
     operator = operator_factory(cluster.kubeconfig, "--metrics", f"127.0.0.1:{metrics_port}")
     registry.clear_access_log()
@@ -153,7 +142,7 @@ def test_a_failed_prefetch_is_reported_with_its_reason(
 ) -> None:
     cluster, node = lazyimage_crds, "prewarm-node-missing"
     missing = f"{registry.host}/nowhere/app:1"
-    agent = _agent(agent_factory, registry, cluster, node)
+    agent = node_agent(agent_factory, registry, cluster, node)
     operator = operator_factory(cluster.kubeconfig)
     create(cluster, prewarm_pod("ghost", kube_namespace, node, missing))
     report = wait_for(
@@ -198,7 +187,7 @@ def test_a_pods_pull_secret_reaches_the_agent(
             "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
         },
     )
-    agent = _agent(agent_factory, auth_registry, cluster, node)
+    agent = node_agent(agent_factory, auth_registry, cluster, node)
     operator = operator_factory(cluster.kubeconfig)
     pod = prewarm_pod("private", kube_namespace, node, image, imagePullSecrets=[{"name": "pull"}])
     create(cluster, pod)
@@ -306,7 +295,7 @@ def test_orders_and_reports_survive_restarts(
     cluster, node = lazyimage_crds, "prewarm-node-restart"
     image = push_estargz(busybox_image, registry, "prewarm/busybox")
     state = tmp_path / "agent-state"
-    agent = agent_factory([registry.host], extra=_agent_args(cluster, node), state_dir=state)
+    agent = agent_factory([registry.host], extra=agent_args(cluster, node), state_dir=state)
     operator = operator_factory(cluster.kubeconfig)
     create(cluster, prewarm_pod("one", kube_namespace, node, image.ref))
     first = wait_for(
@@ -318,7 +307,7 @@ def test_orders_and_reports_survive_restarts(
 
     agent.kill()
     operator.stop()
-    again = agent_factory([registry.host], extra=_agent_args(cluster, node), state_dir=state)
+    again = agent_factory([registry.host], extra=agent_args(cluster, node), state_dir=state)
     operator = operator_factory(cluster.kubeconfig)
     create(cluster, prewarm_pod("two", kube_namespace, node, image.ref))
     heartbeat = get_json(cluster, "lazyimagenode", node)["status"]["agent"]["heartbeat"]

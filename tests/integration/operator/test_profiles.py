@@ -17,6 +17,7 @@ from tests.integration.agent.lazyimage_env import push_estargz
 from tests.integration.operator.helpers import (
     create,
     get_json,
+    node_agent,
     node_image,
     prewarm_pod,
     wait_for,
@@ -29,19 +30,6 @@ STARTUP = [
     "usr/lib/python3.11/json/decoder.py",
     "usr/lib/python3.11/colorsys.py",
 ]
-
-
-def _agent(agent_factory: Any, registry: RegistryServer, cluster: KubeCluster, node: str) -> Any:
-    return agent_factory(
-        [registry.host],
-        extra=[
-            "--node-name", node,
-            "--kubeconfig", str(cluster.kubeconfig),
-            "--no-background-fill",
-            "--report-interval", "0.5",
-            "--profile-window", "1",
-        ],
-    )  # fmt: skip
 
 
 def _ready(cluster: KubeCluster, node: str, image: str, agent: Any) -> dict[str, Any]:
@@ -68,7 +56,7 @@ def test_a_profile_learned_on_one_node_prewarms_another(
     operator = operator_factory(cluster.kubeconfig)
 
     # Node A: the first start, nothing known about the image.
-    first = _agent(agent_factory, registry, cluster, "learn-a")
+    first = node_agent(agent_factory, registry, cluster, "learn-a", "--profile-window", "1")
     create(cluster, prewarm_pod("first", kube_namespace, "learn-a", image.ref))
     report = _ready(cluster, "learn-a", image.ref, first)
     assert report["zoneBytes"] == 0 and report["profileFiles"] == 0
@@ -103,7 +91,7 @@ def test_a_profile_learned_on_one_node_prewarms_another(
     assert row[6] == str(len(STARTUP))  # the PROFILE column
 
     # Node B: the prewarm fetches the learned files, and its start needs nothing more.
-    second = _agent(agent_factory, registry, cluster, "learn-b")
+    second = node_agent(agent_factory, registry, cluster, "learn-b", "--profile-window", "1")
     create(cluster, prewarm_pod("second", kube_namespace, "learn-b", image.ref))
     report = _ready(cluster, "learn-b", image.ref, second)
     assert report["profileFiles"] == len(STARTUP) and report["fetchedBytes"] > 0
