@@ -26,6 +26,7 @@ class AgentConfig:
     background_quiet: float  # seconds without on-demand fetches before fill goes on
     stall_timeout: float
     log_level: str
+    control_api: bool = True  # serve the /v1 control API on --listen
     # The Kubernetes node this agent serves; set, the agent follows that node's LazyImageNode
     # and carries out the operator's prefetch orders. Unset, it runs without a control plane.
     node_name: str | None = None
@@ -130,6 +131,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="abandon and retry a range request that makes no progress (LAZYIMAGE_STALL_TIMEOUT)",
     )
     parser.add_argument(
+        "--control-api",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("LAZYIMAGE_CONTROL_API", "true").lower() not in ("0", "false", "no"),
+        help="serve the /v1 control API (mount, unmount, prefetch) on --listen; it has no "
+        "authentication, so turn it off where the port is reachable from other pods "
+        "(LAZYIMAGE_CONTROL_API)",
+    )
+    parser.add_argument(
         "--node-name",
         default=env.get("LAZYIMAGE_NODE_NAME") or None,
         metavar="NODE",
@@ -187,6 +196,7 @@ def parse_config(
         background_quiet=args.background_quiet,
         stall_timeout=args.stall_timeout,
         log_level=args.log_level,
+        control_api=args.control_api,
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
         report_interval=args.report_interval,

@@ -71,12 +71,20 @@ def _status_for(exc: BaseException) -> HTTPStatus:
 
 
 class AgentHTTPServer:
-    def __init__(self, listen: str, api: ControlAPI, trio_token: trio.lowlevel.TrioToken) -> None:
+    def __init__(
+        self,
+        listen: str,
+        api: ControlAPI,
+        trio_token: trio.lowlevel.TrioToken,
+        *,
+        control: bool = True,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {listen!r} is not HOST:PORT")
         self._host = host
         self._api = api
+        self._control = control
         self._token = trio_token
         handler = self._handler_class()
         self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
@@ -165,6 +173,14 @@ class AgentHTTPServer:
             h.send_bytes(status, b"ready\n" if ready else b"not ready\n", "text/plain")
         elif method == "GET" and path == "/status":
             h.send_json(HTTPStatus.OK, api.status())
+        elif parts[0] == "v1" and not self._control:
+            # The port also serves probes and metrics, so it is reachable from the cluster;
+            # nothing there may mount, unmount or fetch unless the control API is asked for.
+            raise RequestError(
+                "the control API is off (--no-control-api); prefetch orders come through the "
+                "node's LazyImageNode",
+                HTTPStatus.FORBIDDEN,
+            )
         elif parts[:2] == ["v1", "layers"] and len(parts) == 2:
             if method == "POST":
                 request = h.body()

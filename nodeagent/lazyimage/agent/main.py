@@ -67,7 +67,7 @@ async def serve(config: AgentConfig) -> None:
             )
             token = trio.lowlevel.current_trio_token()
             control = AgentControl(manager, cache, str(config.mountpoint))
-            http = AgentHTTPServer(config.listen, control, token)
+            http = AgentHTTPServer(config.listen, control, token, control=config.control_api)
             await nursery.start(session.serve)
             http.start()
             snapshotter = Snapshotter(config.snapshotter_dir, remote=AgentRemoteFS(manager, token))
