@@ -1,11 +1,14 @@
 """The kopf handlers: thin, each hands its event to a plain function.
 
-Pods are only watched, never written (``on.event`` keeps no state on them). Progress and
-finalizers live only on LazyImage objects, which own their timer.
+Pods are only watched, never written, and not through kopf: ``podwatch`` follows bound pending
+pods with a server-side selector. Progress and finalizers live only on LazyImage objects, which
+own their timer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -19,7 +22,8 @@ from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
 from lazyimage_operator.fold import NodeImageView, fold_status, node_views
 from lazyimage_operator.orders import format_time
-from lazyimage_operator.pods import prewarm_request
+from lazyimage_operator.pods import PrewarmRequest
+from lazyimage_operator.podwatch import follow_bound_pods
 from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders
 from lazyimage_operator.profiles import newer_profiles
 from lazyimage_operator.writer import ClusterWriter
@@ -81,13 +85,38 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             metrics.serve_metrics(config.metrics)
         client = KubeClient(KubeConfig.load(config.kubeconfig))
         await client.__aenter__()
-        memo["client"] = client
-        memo["writer"] = ClusterWriter(
-            client, refresh=config.order_refresh, limit=config.orders_per_node
-        )
+        writer = ClusterWriter(client, refresh=config.order_refresh, limit=config.orders_per_node)
+        memo["client"], memo["writer"] = client, writer
+
+        async def pod_bound(request: PrewarmRequest) -> None:
+            started = time.monotonic()
+            try:
+                orders = await prewarm_pod(writer, request)
+            except KubeError:
+                metrics.ORDERS.labels("pod", "failed").inc()
+                raise
+            if not orders:
+                metrics.ORDERS.labels("pod", "fresh").inc(len(request.images))
+                return
+            metrics.ORDERS.labels("pod", "written").inc(len(orders))
+            metrics.ORDER_SECONDS.observe(time.monotonic() - started)
+            logger.info(
+                "ordered prefetch on %s for pod %s: %s",
+                request.node,
+                request.pod,
+                ", ".join(order.image for order in orders),
+            )
+
+        # Not a kopf handler: pods are the hot path, watched with a server-side selector.
+        memo["pods"] = asyncio.create_task(follow_bound_pods(client, pod_bound))
 
     @kopf.on.cleanup(id="disconnect", registry=registry)
     async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+        pods = memo.get("pods")
+        if isinstance(pods, asyncio.Task):
+            pods.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pods
         client = memo.get("client")
         if isinstance(client, KubeClient):
             await client.__aexit__(None, None, None)
@@ -109,8 +138,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_reported", registry=registry
     )
     async def node_reported(
-        name: str, type: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
+        name: str, type: str, body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
     ) -> None:
+        memo["writer"].observe(name, None if type == "DELETED" else body)
         if type == "DELETED" or not status.get("profiles"):
             return
         recorded: kopf.Index[str, str] = kwargs["profile_recorded"]
@@ -132,41 +162,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.index("v1", "nodes", id="node_labels", registry=registry)
     def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
         return {name: dict(labels)}
-
-    @kopf.on.event(
-        "v1",
-        "pods",
-        annotations={names.POD_PREWARM_ANNOTATION: "true"},
-        field="spec.nodeName",
-        value=kopf.PRESENT,
-        id="pod_bound",
-        registry=registry,
-    )
-    async def pod_bound(body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        if type == "DELETED":
-            return
-        request = prewarm_request(body)
-        if request is None:
-            return
-        views: kopf.Index[str, NodeImageView] = kwargs["node_image_views"]
-        started = time.monotonic()
-        try:
-            orders = await prewarm_pod(memo["writer"], request, views, config.order_refresh)
-        except KubeError:
-            metrics.ORDERS.labels("pod", "failed").inc()
-            raise
-        fresh = len(request.images) - len(orders)
-        if fresh:
-            metrics.ORDERS.labels("pod", "fresh").inc(fresh)
-        if orders:
-            metrics.ORDERS.labels("pod", "written").inc(len(orders))
-            metrics.ORDER_SECONDS.observe(time.monotonic() - started)
-            logger.info(
-                "ordered prefetch on %s for pod %s: %s",
-                request.node,
-                request.pod,
-                ", ".join(order.image for order in orders),
-            )
 
     @kopf.on.delete(
         _GROUP,

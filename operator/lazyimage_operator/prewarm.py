@@ -26,27 +26,16 @@ def fresh_nodes(views: Iterable[NodeImageView], now: datetime, refresh: timedelt
     return fresh
 
 
-async def prewarm_pod(
-    writer: ClusterWriter,
-    request: PrewarmRequest,
-    views: Mapping[str, Iterable[NodeImageView]],
-    refresh: timedelta,
-) -> list[Order]:
-    """Order the pod's node to prefetch the pod's images, and make their LazyImages.
-
-    Images the node holds a fresh order for are skipped without an API call (``views`` is the
-    operator's in-memory index), unless the pod brings pull secrets an order may lack.
-    """
+async def prewarm_pod(writer: ClusterWriter, request: PrewarmRequest) -> list[Order]:
+    """Order the pod's node to prefetch the pod's images, and make their LazyImages. Returns
+    the orders written; images the node holds fresh orders for cost no request."""
     now = writer.now()
-    orders = []
-    for image in request.images:
-        name = lazyimage_name(image)
-        known = fresh_nodes(views.get(name, ()), now, refresh)
-        if request.node in known and not request.pull_secrets:
-            continue
-        orders.append(Order(image, name, now, f"pod {request.pod}", request.pull_secrets))
-    if orders:
-        await writer.order(request.node, orders)
+    orders = [
+        Order(image, lazyimage_name(image), now, f"pod {request.pod}", request.pull_secrets)
+        for image in request.images
+    ]
+    if not await writer.order(request.node, orders):
+        return []
     for order in orders:
         await writer.ensure_lazyimage(order.lazy_image, order.image)
     return orders

@@ -1,15 +1,17 @@
 """The operator's writes to the API server: orders on LazyImageNodes, and LazyImages.
 
-Each node's orders are read, merged and written back with the object's resourceVersion, so a
-write that raced another is retried on the fresh object instead of overwriting it. Writes for
-one node are serialised here, so the common race (several pods bound to one node at once)
-costs no retries.
+Each node's orders are merged into what the writer last saw of its LazyImageNode (from the
+watch, or its own last write) and written with that resourceVersion, so a write that raced
+another (an agent's report, say) fails, is read again, and is retried on the fresh object
+instead of overwriting it. Orders the node already holds cost no request at all. Writes for
+one node go one at a time, and orders that arrive meanwhile are merged into the next write.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +30,29 @@ _ATTEMPTS = 8
 OPERATOR_NAME = "lazyimage-operator"
 
 
+@dataclass
+class _Known:
+    """What the writer last saw of a node's LazyImageNode: enough to merge and to write."""
+
+    version: str
+    orders: list[dict[str, Any]]
+
+
+@dataclass
+class _Batch:
+    """Orders for one node waiting for the node's next write; joined until it starts."""
+
+    orders: list[Order]
+    done: asyncio.Future[bool]
+
+
+def _newer(version: str, than: str) -> bool:
+    # resourceVersions are opaque; etcd's are integers, which is all this ordering assumes.
+    if version.isdigit() and than.isdigit():
+        return int(version) >= int(than)
+    return True
+
+
 class ClusterWriter:
     def __init__(
         self,
@@ -42,42 +67,74 @@ class ClusterWriter:
         self._limit = limit
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, _Batch] = {}
+        self._known: dict[str, _Known] = {}
         self._known_lazyimages: set[str] = set()
 
     def now(self) -> datetime:
         return self._clock()
 
+    def observe(self, node: str, obj: Mapping[str, Any] | None) -> None:
+        """Note a LazyImageNode as the watch delivers it (None: deleted), so that orders are
+        merged without reading it first, and orders it already holds cost no request."""
+        if obj is None:
+            self._known.pop(node, None)
+            return
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        known = self._known.get(node)
+        if version and (known is None or _newer(version, known.version)):
+            orders = [dict(raw) for raw in (obj.get("spec") or {}).get("orders") or []]
+            self._known[node] = _Known(version, orders)
+
     async def order(self, node: str, orders: Sequence[Order]) -> bool:
-        """Merge ``orders`` into the node's LazyImageNode (made if missing). True if written."""
-        lock = self._locks.setdefault(node, asyncio.Lock())
-        async with lock:
-            for _ in range(_ATTEMPTS):
+        """Merge ``orders`` into the node's LazyImageNode (made if missing). True if written.
+
+        Orders for one node that arrive while a write for it is under way are merged into one
+        write after it: a burst of pods bound to one node costs one request, not one each.
+        """
+        batch = self._pending.get(node)
+        if batch is not None:
+            batch.orders.extend(orders)
+            return await asyncio.shield(batch.done)
+        batch = _Batch(list(orders), asyncio.get_running_loop().create_future())
+        self._pending[node] = batch
+        async with self._locks.setdefault(node, asyncio.Lock()):
+            del self._pending[node]
+            try:
+                written = await self._write(node, batch.orders)
+            except BaseException as exc:
+                batch.done.set_exception(exc)
+                batch.done.exception()  # retrieved here: joiners, if any, get it too
+                raise
+            batch.done.set_result(written)
+            return written
+
+    async def _write(self, node: str, orders: Sequence[Order]) -> bool:
+        for _ in range(_ATTEMPTS):
+            known = self._known.get(node)
+            if known is None:
                 try:
-                    current = await self._client.get(LAZYIMAGE_NODES, node)
+                    self.observe(node, await self._client.get(LAZYIMAGE_NODES, node))
                 except NotFoundError:
                     if await self._create_node(node, orders):
                         return True
-                    continue
-                spec = current.get("spec") or {}
-                merged = merge_orders(
-                    spec.get("orders") or [],
-                    orders,
-                    now=self.now(),
-                    refresh=self._refresh,
-                    limit=self._limit,
-                )
-                if merged is None:
-                    return False
-                version = current["metadata"]["resourceVersion"]
-                patch = {"metadata": {"resourceVersion": version}, "spec": {"orders": merged}}
-                try:
-                    await self._client.merge_patch(LAZYIMAGE_NODES, node, patch)
-                except ConflictError:
-                    continue
-                return True
-            raise ConflictError(
-                f"orders for node {node}: still conflicting after {_ATTEMPTS} tries"
+                continue
+            merged = merge_orders(
+                known.orders, orders, now=self.now(), refresh=self._refresh, limit=self._limit
             )
+            if merged is None:
+                return False
+            patch = {"metadata": {"resourceVersion": known.version}, "spec": {"orders": merged}}
+            try:
+                self.observe(node, await self._client.merge_patch(LAZYIMAGE_NODES, node, patch))
+            except ConflictError:
+                self._known.pop(node, None)  # moved on (an agent's report): read it again
+                continue
+            except NotFoundError:
+                self._known.pop(node, None)
+                continue
+            return True
+        raise ConflictError(f"orders for node {node}: still conflicting after {_ATTEMPTS} tries")
 
     async def _create_node(self, node: str, orders: Sequence[Order]) -> bool:
         merged = merge_orders([], orders, now=self.now(), refresh=self._refresh, limit=self._limit)
@@ -95,8 +152,8 @@ class ClusterWriter:
             "spec": {"orders": merged or []},
         }
         try:
-            await self._client.create(LAZYIMAGE_NODES, body)
-        except ConflictError:  # made meanwhile, by the agent or another write: merge into it
+            self.observe(node, await self._client.create(LAZYIMAGE_NODES, body))
+        except ConflictError:  # made meanwhile, by another write: merge into it
             return False
         return True
 

@@ -21,7 +21,13 @@ from lazyimage.kube._config import KubeConfig
 from lazyimage.kube._errors import KubeError, response_error, transport_error
 from lazyimage.kube._resource import ResourcePath
 from lazyimage.kube._tls import ssl_context
-from lazyimage.kube._watch import Backoff, WatchEvent, follow_object, read_events
+from lazyimage.kube._watch import (
+    Backoff,
+    WatchEvent,
+    follow_collection,
+    follow_object,
+    read_events,
+)
 
 __all__ = ["KubeClient"]
 
@@ -187,6 +193,13 @@ class KubeClient:
         for as long as the caller iterates. Close it with ``contextlib.aclosing``.
         """
         return follow_object(self, path, name, backoff=self._backoff)
+
+    def watch_collection(
+        self, path: ResourcePath, *, field_selector: str | None = None
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Every object of the collection (as ADDED), then each change, resuming and listing
+        again like ``watch_object``. Close it with ``contextlib.aclosing``."""
+        return follow_collection(self, path, field_selector=field_selector, backoff=self._backoff)
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -210,3 +210,64 @@ async def follow_object(
             failures += 1
             log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
         await anyio.sleep(backoff.delay(failures))
+
+
+async def follow_collection(
+    source: WatchSource,
+    path: ResourcePath,
+    *,
+    field_selector: str | None = None,
+    backoff: Backoff = Backoff(),
+    timeout_seconds: int = 300,
+) -> AsyncGenerator[WatchEvent, None]:
+    """Every object of a collection, then every change: a list answer's items come as ADDED
+    events, then the watch's events (bookmarks only move the resourceVersion on), until the
+    caller stops iterating. It resumes and lists again like ``follow_object``; after a new
+    list, objects may come again (handlers must be idempotent), and deletions that happened
+    while no watch ran are not reported.
+    """
+    where = f"watch {path.collection()}"
+    version: str | None = None
+    failures = 0
+    while True:
+        try:
+            if version is None:
+                listing = await source.list(path, field_selector=field_selector)
+                version = resource_version_of(listing)
+                items = listing.get("items")
+                if version is None or not isinstance(items, list):
+                    raise KubeError(f"{where}: a list answer without items or resourceVersion")
+                for item in items:
+                    if isinstance(item, dict):
+                        yield WatchEvent("ADDED", item)
+            started = anyio.current_time()
+            news = False
+            events = source.watch(
+                path,
+                field_selector=field_selector,
+                resource_version=version,
+                timeout_seconds=timeout_seconds,
+            )
+            async with aclosing(events):
+                async for event in events:
+                    news = True
+                    failures = 0
+                    version = event.resource_version or version
+                    if event.type != "BOOKMARK":
+                        yield event
+            if news or anyio.current_time() - started >= _HEALTHY_WATCH:
+                failures = 0
+                continue
+            failures += 1
+        except GoneError:
+            log.info("%s: resourceVersion %s is too old, listing again", where, version)
+            version = None
+            failures += 1
+            if failures == 1:
+                continue
+        except KubeError as exc:
+            if not _retryable(exc):
+                raise
+            failures += 1
+            log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
+        await anyio.sleep(backoff.delay(failures))
