@@ -14,6 +14,10 @@ from typing import Any
 __all__ = ["NodeImageView", "fold_status", "node_views", "ready_condition"]
 
 STATES = ("Pending", "Fetching", "Ready", "Failed")
+# nodeStatuses lists at most this many nodes, the ones needing attention first: the counts
+# cover every node, but a status rewritten every few seconds must not grow with the cluster.
+MAX_NODE_STATUSES = 100
+_ATTENTION = {"Failed": 0, "Fetching": 1, "Pending": 2, "Ready": 3}
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,10 @@ def fold_status(
         "fetchedBytes": sum(view.fetched_bytes for view in views),
         "cacheHits": sum(view.cache_hits for view in views),
         "cacheMisses": sum(view.cache_misses for view in views),
-        "nodeStatuses": [view.to_status() for view in ordered],
+        "nodeStatuses": [
+            view.to_status()
+            for view in sorted(ordered, key=lambda view: _ATTENTION[view.state])[:MAX_NODE_STATUSES]
+        ],
         "conditions": [
             ready_condition(
                 len(ordered), ready, failed, (previous or {}).get("conditions") or [], now

@@ -160,7 +160,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                 )
 
     @kopf.index("v1", "nodes", id="node_labels", registry=registry)
-    def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    def node_labels(
+        name: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+    ) -> dict[str, dict[str, str]]:
+        writer = memo.get("writer")
+        if isinstance(writer, ClusterWriter):
+            writer.note_node(name, meta.get("uid"))
         return {name: dict(labels)}
 
     @kopf.on.delete(

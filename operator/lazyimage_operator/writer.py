@@ -70,6 +70,7 @@ class ClusterWriter:
         self._pending: dict[str, _Batch] = {}
         self._known: dict[str, _Known] = {}
         self._known_lazyimages: set[str] = set()
+        self._node_uids: dict[str, str] = {}
 
     def now(self) -> datetime:
         return self._clock()
@@ -110,9 +111,13 @@ class ClusterWriter:
             return written
 
     async def _write(self, node: str, orders: Sequence[Order]) -> bool:
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             known = self._known.get(node)
             if known is None:
+                # The watch has shown every LazyImageNode there is, so an unknown one is most
+                # likely missing: make it at once, and read it only if it was there after all.
+                if attempt == 0 and await self._create_node(node, orders):
+                    return True
                 try:
                     self.observe(node, await self._client.get(LAZYIMAGE_NODES, node))
                 except NotFoundError:
@@ -157,14 +162,23 @@ class ClusterWriter:
             return False
         return True
 
+    def note_node(self, node: str, uid: str | None) -> None:
+        """Note a Node's uid as the watch of nodes shows it (None: the Node is gone)."""
+        if uid:
+            self._node_uids[node] = uid
+        else:
+            self._node_uids.pop(node, None)
+
     async def _node_owner(self, node: str) -> dict[str, Any] | None:
         """The Node as the owner of its LazyImageNode, so the garbage collector removes the
         channel with the node. None if the Node is not (yet) there."""
-        try:
-            found = await self._client.get(NODES, node)
-        except NotFoundError:
-            return None
-        return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": found["metadata"]["uid"]}
+        uid = self._node_uids.get(node)
+        if uid is None:
+            try:
+                uid = str((await self._client.get(NODES, node))["metadata"]["uid"])
+            except NotFoundError:
+                return None
+        return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}
 
     async def ensure_lazyimage(self, name: str, image: str) -> bool:
         """Make the LazyImage ``name`` for ``image`` unless it exists. True if made.
@@ -172,6 +186,8 @@ class ClusterWriter:
         It carries no pull secrets: a pod's secrets travel in its orders, not to other nodes."""
         if name in self._known_lazyimages:
             return False
+        # Noted before the request: pods bound at once that share a new image make it once.
+        self._known_lazyimages.add(name)
         spec: dict[str, Any] = {"image": image}
         body = {
             "apiVersion": _API_VERSION,
@@ -181,11 +197,12 @@ class ClusterWriter:
         }
         try:
             await self._client.create(LAZYIMAGES, body)
-            made = True
         except ConflictError:
-            made = False
-        self._known_lazyimages.add(name)
-        return made
+            return False
+        except BaseException:
+            self._known_lazyimages.discard(name)
+            raise
+        return True
 
     async def set_profile(self, name: str, profile: dict[str, Any]) -> bool:
         """Make ``profile`` the LazyImage's learned startup profile. False if there is no such

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 import httpx
 
 from lazyimage import __version__
@@ -31,6 +32,8 @@ from lazyimage.kube._watch import (
 
 __all__ = ["KubeClient"]
 
+_WATCH_CONNECTIONS = 4  # long-lived watch streams, beside the requests
+
 log = logging.getLogger("lazyimage.kube")
 
 _JSON = "application/json"
@@ -47,7 +50,8 @@ class KubeClient:
 
     ``timeout`` bounds each connect, read and write. ``transport`` replaces the network
     (``httpx.MockTransport`` in tests). ``backoff`` is (first, cap) in seconds between the
-    failed attempts of ``watch_object``.
+    failed attempts of ``watch_object``. At most ``max_requests`` requests (watches aside)
+    are in flight; the rest wait their turn here, where waiting is cheap.
     """
 
     def __init__(
@@ -57,8 +61,14 @@ class KubeClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         backoff: tuple[float, float] = (0.5, 10.0),
+        max_requests: int = 16,
     ) -> None:
         self.config = config
+        # Requests queued inside httpcore's pool cost a scan of the pool each (quadratic
+        # under a burst), and more connections than it keeps alive get closed and opened
+        # again, TLS handshake and all. So the pool is sized for what may run at once.
+        self._requests = anyio.Semaphore(max_requests)
+        connections = max_requests + _WATCH_CONNECTIONS
         self._timeout = timeout
         self._backoff = Backoff(*backoff)
         auth = (
@@ -74,6 +84,7 @@ class KubeClient:
             headers={"Accept": _JSON, "User-Agent": f"lazyimage/{__version__}"},
             follow_redirects=False,
             transport=transport,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
 
     async def __aenter__(self) -> KubeClient:
@@ -215,9 +226,10 @@ class KubeClient:
         content = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": content_type} if content is not None else None
         try:
-            resp = await self._http.request(
-                verb, where, params=params, content=content, headers=headers
-            )
+            async with self._requests:
+                resp = await self._http.request(
+                    verb, where, params=params, content=content, headers=headers
+                )
         except httpx.HTTPError as exc:
             raise transport_error(verb, where, exc) from exc
         for warning in resp.headers.get_list("warning"):

@@ -51,7 +51,8 @@ def test_fold_counts_ready_and_failed_nodes() -> None:
     assert folded["summary"] == "1/3 (1 failed)"
     assert (folded["nodes"], folded["ready"], folded["failed"]) == (3, 1, 1)
     assert folded["fetchedBytes"] == 300
-    assert [s["node"] for s in folded["nodeStatuses"]] == ["n1", "n2", "n3"]
+    # Nodes needing attention first: failed, then still fetching, then ready.
+    assert [s["node"] for s in folded["nodeStatuses"]] == ["n1", "n3", "n2"]
     assert folded["observedGeneration"] == 4
     assert folded["conditions"][0]["status"] == "False"
 
@@ -76,3 +77,15 @@ def test_garbage_in_reports_is_ignored_not_trusted() -> None:
     view = node_views("n1", spec, status)["a"]
     assert view.state == "Pending"
     assert (view.fetched_bytes, view.cache_hits, view.seconds) == (0, 0, None)
+
+
+def test_node_statuses_are_capped_but_the_counts_cover_every_node() -> None:
+    views = [
+        node_views(f"n{i:04}", *_node([("a", T0)], [_report("a", "Ready", T0)]))["a"]
+        for i in range(250)
+    ]
+    views.append(node_views("z-failed", *_node([("a", T0)], [_report("a", "Failed", T0)]))["a"])
+    folded = fold_status(views, now=NOW)
+    assert folded["nodes"] == 251 and folded["ready"] == 250 and folded["failed"] == 1
+    assert len(folded["nodeStatuses"]) == 100
+    assert folded["nodeStatuses"][0]["node"] == "z-failed"

@@ -32,13 +32,15 @@ class FakeClient:
     async def get(self, path: Any, name: str) -> dict[str, Any]:
         self.calls.append(f"get {path.plural}/{name}")
         await asyncio.sleep(0.01)
-        if name not in self.objects:
+        if path.plural != "lazyimagenodes" or name not in self.objects:
             raise NotFoundError(f"{name} not found")
         return self.objects[name]
 
     async def create(self, path: Any, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(f"create {path.plural}")
         await asyncio.sleep(0.01)
+        if body["metadata"]["name"] in self.objects:
+            raise ConflictError("already exists")
         return self._stored(body["metadata"]["name"], body.get("spec", {}))
 
     async def merge_patch(self, path: Any, name: str, patch: dict[str, Any], **_: Any) -> Any:
@@ -75,8 +77,15 @@ def test_a_burst_for_one_node_is_one_write_and_known_orders_cost_nothing() -> No
         writer = _writer(client)
         results = await asyncio.gather(*(writer.order("n1", [_order(f"i{k}")]) for k in range(20)))
         assert any(results)
-        # One read (nothing known yet), then the first order's write, then one for the rest.
-        assert client.calls == ["get lazyimagenodes/n1", "patch n1", "patch n1"]
+        # Unknown, so made at once; it was there: one read, then the first order's write,
+        # then one write for the nineteen that came meanwhile.
+        assert client.calls == [
+            "get nodes/n1",
+            "create lazyimagenodes",
+            "get lazyimagenodes/n1",
+            "patch n1",
+            "patch n1",
+        ]
         assert len(client.objects["n1"]["spec"]["orders"]) == 20
         client.calls.clear()
         assert await writer.order("n1", [_order("i3")]) is False
@@ -91,7 +100,7 @@ def test_a_conflict_is_read_again_and_retried_and_a_missing_node_is_made() -> No
         client = FakeClient()
         writer = _writer(client)
         assert await writer.order("n2", [_order("a")])
-        assert client.calls == ["get lazyimagenodes/n2", "get nodes/n2", "create lazyimagenodes"]
+        assert client.calls == ["get nodes/n2", "create lazyimagenodes"]
         client.calls.clear()
         client.conflict_next = True
         assert await writer.order("n2", [_order("b")])
