@@ -127,108 +127,33 @@ def _retryable(exc: KubeError) -> bool:
     return exc.status is None or exc.status in _RETRYABLE or exc.status >= 500
 
 
-def _listed(listing: dict[str, Any], name: str, where: str) -> tuple[dict[str, Any] | None, str]:
-    """The object called ``name`` in a list answer (or None), and the list's resourceVersion."""
-    version = resource_version_of(listing)
-    items = listing.get("items")
-    if version is None or not isinstance(items, list):
-        raise KubeError(f"{where}: a list answer without items or metadata.resourceVersion")
-    for item in items:
-        if isinstance(item, dict) and item.get("metadata", {}).get("name") == name:
-            return item, version
-    return None, version
-
-
 _UNSEEN = object()
 # A watch that ends sooner than this with no event counts as a failure, so that a server or
 # proxy that closes every watch at once cannot make the loop spin.
 _HEALTHY_WATCH = 1.0
 
 
-async def follow_object(
+@dataclass(frozen=True)
+class _Listed:
+    """A fresh list answer: the items, before the watch that follows it."""
+
+    items: list[dict[str, Any]]
+
+
+async def _follow(
     source: WatchSource,
     path: ResourcePath,
-    name: str,
-    *,
-    backoff: Backoff = Backoff(),
-    timeout_seconds: int = 300,
-) -> AsyncGenerator[dict[str, Any] | None, None]:
-    """The states of the object ``name``: its current one (None when absent), then each new
-    one (None once deleted), until the caller stops iterating.
-
-    It lists the object, then watches from the list's resourceVersion; when a watch ends it
-    watches again from the last resourceVersion seen (bookmarks included), and when that is
-    too old (410 Gone) it lists again. Failures are retried with ``backoff`` for ever; only
-    errors that waiting cannot fix (400, 422, ...) are raised. A state is not repeated when a
-    new list finds the object unchanged.
-    """
-    selector = f"metadata.name={name}"
-    where = f"watch {path.item(name)}"
+    field_selector: str | None,
+    where: str,
+    backoff: Backoff,
+    timeout_seconds: int,
+) -> AsyncGenerator[_Listed | WatchEvent, None]:
+    """List, then watch from the list's resourceVersion; when a watch ends, watch again from
+    the last resourceVersion seen (bookmarks included), and when that is too old (410 Gone),
+    list again. Failures are retried with ``backoff`` for ever; only errors that waiting
+    cannot fix (400, 422, ...) are raised. Bookmarks are not passed on."""
     version: str | None = None  # the resourceVersion to watch from; None: list first
-    shown: object = _UNSEEN  # the resourceVersion of the last state yielded; None: absent
     failures = 0  # reset only by a watch that worked, so a list-then-fail cycle backs off
-    while True:
-        try:
-            if version is None:
-                listing = await source.list(path, field_selector=selector)
-                obj, version = _listed(listing, name, where)
-                if resource_version_of(obj) != shown:
-                    shown = resource_version_of(obj)
-                    yield obj
-            started = anyio.current_time()
-            news = False
-            events = source.watch(
-                path,
-                field_selector=selector,
-                resource_version=version,
-                timeout_seconds=timeout_seconds,
-            )
-            async with aclosing(events):
-                async for event in events:
-                    news = True
-                    failures = 0
-                    version = event.resource_version or version
-                    if event.type == "BOOKMARK":
-                        continue
-                    state = None if event.type == "DELETED" else event.object
-                    if resource_version_of(state) != shown:
-                        shown = resource_version_of(state)
-                        yield state
-            if news or anyio.current_time() - started >= _HEALTHY_WATCH:
-                failures = 0
-                continue
-            failures += 1
-        except GoneError:
-            log.info("%s: resourceVersion %s is too old, listing again", where, version)
-            version = None
-            failures += 1
-            if failures == 1:
-                continue  # routine after a long quiet spell: list again at once
-        except KubeError as exc:
-            if not _retryable(exc):
-                raise
-            failures += 1
-            log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
-        await anyio.sleep(backoff.delay(failures))
-
-
-async def follow_collection(
-    source: WatchSource,
-    path: ResourcePath,
-    *,
-    field_selector: str | None = None,
-    backoff: Backoff = Backoff(),
-    timeout_seconds: int = 300,
-) -> AsyncGenerator[WatchEvent, None]:
-    """Every object of a collection, then every change: a list answer's items come as ADDED
-    events, then the watch's events (bookmarks only move the resourceVersion on), until the
-    caller stops iterating. It resumes and lists again like ``follow_object``; after a new
-    list, objects may come again (handlers must be idempotent), and deletions that happened
-    while no watch ran are not reported.
-    """
-    where = f"watch {path.collection()}"
-    version: str | None = None
-    failures = 0
     while True:
         try:
             if version is None:
@@ -237,9 +162,7 @@ async def follow_collection(
                 items = listing.get("items")
                 if version is None or not isinstance(items, list):
                     raise KubeError(f"{where}: a list answer without items or resourceVersion")
-                for item in items:
-                    if isinstance(item, dict):
-                        yield WatchEvent("ADDED", item)
+                yield _Listed([item for item in items if isinstance(item, dict)])
             started = anyio.current_time()
             news = False
             events = source.watch(
@@ -264,10 +187,61 @@ async def follow_collection(
             version = None
             failures += 1
             if failures == 1:
-                continue
+                continue  # routine after a long quiet spell: list again at once
         except KubeError as exc:
             if not _retryable(exc):
                 raise
             failures += 1
             log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
         await anyio.sleep(backoff.delay(failures))
+
+
+async def follow_object(
+    source: WatchSource,
+    path: ResourcePath,
+    name: str,
+    *,
+    backoff: Backoff = Backoff(),
+    timeout_seconds: int = 300,
+) -> AsyncGenerator[dict[str, Any] | None, None]:
+    """The states of the object ``name``: its current one (None when absent), then each new
+    one (None once deleted), until the caller stops iterating. It resumes and lists again as
+    ``_follow`` does; a state is not repeated when a new list finds the object unchanged.
+    """
+    where = f"watch {path.item(name)}"
+    shown: object = _UNSEEN  # the resourceVersion of the last state yielded; None: absent
+    follow = _follow(source, path, f"metadata.name={name}", where, backoff, timeout_seconds)
+    async with aclosing(follow):
+        async for news in follow:
+            if isinstance(news, _Listed):
+                named = [i for i in news.items if i.get("metadata", {}).get("name") == name]
+                state = named[0] if named else None
+            else:
+                state = None if news.type == "DELETED" else news.object
+            if resource_version_of(state) != shown:
+                shown = resource_version_of(state)
+                yield state
+
+
+async def follow_collection(
+    source: WatchSource,
+    path: ResourcePath,
+    *,
+    field_selector: str | None = None,
+    backoff: Backoff = Backoff(),
+    timeout_seconds: int = 300,
+) -> AsyncGenerator[WatchEvent, None]:
+    """Every object of a collection, then every change: a list answer's items come as ADDED
+    events, then the watch's events, until the caller stops iterating. After a new list,
+    objects may come again (handlers must be idempotent), and deletions that happened while
+    no watch ran are not reported.
+    """
+    where = f"watch {path.collection()}"
+    follow = _follow(source, path, field_selector, where, backoff, timeout_seconds)
+    async with aclosing(follow):
+        async for news in follow:
+            if isinstance(news, _Listed):
+                for item in news.items:
+                    yield WatchEvent("ADDED", item)
+            else:
+                yield news
