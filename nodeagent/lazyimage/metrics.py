@@ -23,6 +23,8 @@ __all__ = [
     "FETCH_RETRIES",
     "FUSE_OPERATION_DURATION",
     "LAYER_FETCHED_RATIO",
+    "PREWARM_ORDERS",
+    "PREWARM_SECONDS",
     "REGISTRY",
     "SNAPSHOT_PREPARES",
     "VERIFICATION_FAILURES",
@@ -101,6 +103,20 @@ SNAPSHOT_PREPARES = Counter(
     "Layer snapshots containerd asked for: mounted remotely (lazily), or left to a normal "
     "download (fallback), by reason.",
     ["result", "reason"],
+    registry=REGISTRY,
+)
+
+PREWARM_ORDERS = Counter(
+    f"{P}prewarm_orders",
+    "Prefetch orders from the node's LazyImageNode carried out, by result (ready, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+PREWARM_SECONDS = Histogram(
+    f"{P}prewarm_seconds",
+    "Time to prewarm an ordered image: its manifest, each layer's TOC and priority zone, and "
+    "the files of its learned startup profile.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
     registry=REGISTRY,
 )
 

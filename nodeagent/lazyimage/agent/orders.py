@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import trio
 
-from lazyimage import __version__, errors, names
+from lazyimage import __version__, errors, metrics, names
 from lazyimage.agent.prewarm import ImagePrewarmer, PrewarmResult
 from lazyimage.agent.profiles import ProfileBook, RecordedLayer, profile_paths
 from lazyimage.kube import KubeClient, KubeError, NotFoundError, ResourcePath
@@ -195,10 +195,13 @@ class OrderRunner:
                 )
             except (errors.LazyImageError, OSError) as exc:
                 state.state, state.message = "Failed", str(exc)
+                metrics.PREWARM_ORDERS.labels("failed").inc()
                 log.warning("prefetch_failed", image=state.order.image, error=str(exc))
             else:
                 state.state, state.message, state.result = "Ready", "", result
                 state.layers = result.layers
+                metrics.PREWARM_ORDERS.labels("ready").inc()
+                metrics.PREWARM_SECONDS.observe(result.seconds)
             state.updated = utc_now()
             log.info(
                 "prefetch_order_done",

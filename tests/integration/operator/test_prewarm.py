@@ -131,6 +131,9 @@ def test_a_bound_pod_is_prewarmed_on_its_node(
     assert exported['lazyimage_operator_orders_total{result="written",source="pod"}'] == 1.0
     assert exported["lazyimage_operator_order_seconds_count"] == 1.0
     assert exported["lazyimage_operator_status_writes_total"] >= 2
+    agent_metrics = agent.metrics()
+    assert agent_metrics['lazyimage_prewarm_orders_total{result="ready"}'] == 1.0
+    assert agent_metrics["lazyimage_prewarm_seconds_count"] == 1.0
 
 
 def test_a_failed_prefetch_is_reported_with_its_reason(
@@ -152,6 +155,7 @@ def test_a_failed_prefetch_is_reported_with_its_reason(
         lambda: agent.log() + operator.log(),
     )
     assert "nowhere/app" in report["message"]
+    assert agent.metrics()['lazyimage_prewarm_orders_total{result="failed"}'] == 1.0
     lazy = wait_for(
         "the LazyImage to count the failure",
         lambda: (
