@@ -291,6 +291,37 @@ async def test_absent_added_and_deleted() -> None:
     assert [_version(s) for s in states] == [None, "12", None]
 
 
+async def test_a_collection_lists_then_watches_then_lists_again_after_gone() -> None:
+    """watch_collection: the listed items come as ADDED, then the watch's events with the
+    field selector passed on; bookmarks are not passed on; after 410 the list comes again."""
+    other = {**_node("6"), "metadata": {"name": "node-b", "resourceVersion": "6"}}
+    server = ScriptedApiserver(
+        _listing("10", _node("5"), other),
+        _stream(_line("BOOKMARK", _bookmark("12")), _line("MODIFIED", _node("13"))),
+        _stream(_line("ERROR", _status(410, "Expired", "too old resource version"))),
+        _listing("20", _node("13")),
+        _stream(_line("DELETED", _node("21"))),
+    )
+    seen: list[tuple[str, str | None]] = []
+    with anyio.fail_after(10):
+        async with _client(server) as client:
+            events = client.watch_collection(NODES, field_selector="spec.x!=")
+            async with aclosing(events) as it:
+                async for event in it:
+                    seen.append((event.type, _version(event.object)))
+                    if len(seen) == 5:
+                        break
+    assert seen == [
+        ("ADDED", "5"),
+        ("ADDED", "6"),
+        ("MODIFIED", "13"),
+        ("ADDED", "13"),  # listed again: handlers must be idempotent
+        ("DELETED", "21"),
+    ]
+    assert server.kinds() == ["list", "watch@10", "watch@13", "list", "watch@20"]
+    assert {r.url.params["fieldSelector"] for r in server.requests} == {"spec.x!="}
+
+
 async def test_connection_and_server_errors_are_retried() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
