@@ -82,7 +82,7 @@ from lazyimage_operator.naming import canonical_image
 
 from tests.bench.report import machine_facts, print_table
 from tests.fixtures.kube import KubeCluster
-from tests.fixtures.operator import CRDS, OperatorProcess
+from tests.fixtures.operator import OperatorProcess, install_crds
 
 NODES = ResourcePath("", "v1", "nodes")
 NAMESPACES = ResourcePath("", "v1", "namespaces")
@@ -1150,21 +1150,6 @@ def operator_log_summary(path: Path) -> dict[str, Any]:
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def install_crds(cluster: KubeCluster) -> None:
-    """crds/ applied and established, as the ``lazyimage_crds`` fixture does it."""
-    cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/lazyimages.lazyimage.io", "crd/lazyimagenodes.lazyimage.io",
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if cluster.kubectl("get", "lazyimagenodes", check=False).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise BenchError("lazyimagenodes is not served 30 s after its CRD was established")
 
 
 def _cpu_model() -> str:
