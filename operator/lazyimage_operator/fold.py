@@ -13,10 +13,10 @@ from typing import Any
 
 __all__ = ["NodeImageView", "fold_status", "node_views", "ready_condition"]
 
-STATES = ("Pending", "Fetching", "Ready", "Failed")
 # nodeStatuses lists at most this many nodes, the ones needing attention first: the counts
 # cover every node, but a status rewritten every few seconds must not grow with the cluster.
 MAX_NODE_STATUSES = 100
+# A report's states, in the order nodeStatuses lists them.
 _ATTENTION = {"Failed": 0, "Fetching": 1, "Pending": 2, "Ready": 3}
 
 
@@ -71,7 +71,7 @@ def node_views(
         ordered_at = ordered.get(name)
         report = reports.get(name) or {}
         state = str(report.get("state", "Pending"))
-        if state not in STATES or (ordered_at and report.get("issuedAt") != ordered_at):
+        if state not in _ATTENTION or (ordered_at and report.get("issuedAt") != ordered_at):
             state = "Pending"
         seconds = report.get("seconds")
         views[name] = NodeImageView(

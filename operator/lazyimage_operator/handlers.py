@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import kopf
@@ -31,8 +30,6 @@ from lazyimage_operator.writer import ClusterWriter
 __all__ = ["connection_info", "operator_settings", "register"]
 
 _GROUP, _VERSION = names.API_GROUP, names.API_VERSION
-# A selector LazyImage orders a node once; pods re-order stale images themselves.
-_SELECTOR_REFRESH = timedelta(days=3650)
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +142,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             return
         recorded: kopf.Index[str, str] = kwargs["profile_recorded"]
         written: dict[str, str] = memo.setdefault("profiles_written", {})
-        known = {key: max(store) for key, store in recorded.items() if store}
-        for lazy, when in written.items():
-            known[lazy] = max(when, known.get(lazy, ""))
+
+        def known(lazy: str) -> str:
+            # Ours until the index catches up with our own write, then the index's.
+            return max(written.get(lazy, ""), max(recorded.get(lazy, ()), default=""))
+
         for lazy, profile in newer_profiles(name, status, known).items():
             if await memo["writer"].set_profile(lazy, profile):
                 written[lazy] = profile["recorded"]
@@ -203,7 +202,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         prewarm = SelectorPrewarm.from_spec(name, spec)
         if prewarm is not None:
             labels = {node: next(iter(store)) for node, store in node_labels.items() if store}
-            wanted = selector_orders(prewarm, labels, views, writer.now(), _SELECTOR_REFRESH)
+            wanted = selector_orders(prewarm, labels, views, writer.now())
             for node, order in wanted.items():
                 await writer.order(node, [order])
                 metrics.ORDERS.labels("selector", "written").inc()

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from lazyimage_operator.fold import NodeImageView
 from lazyimage_operator.naming import canonical_image, lazyimage_name
-from lazyimage_operator.orders import Order, parse_time
+from lazyimage_operator.orders import Order
 from lazyimage_operator.pods import PrewarmRequest, SecretRef
 from lazyimage_operator.writer import ClusterWriter
 
-__all__ = ["SelectorPrewarm", "fresh_nodes", "prewarm_pod", "selector_orders"]
-
-
-def fresh_nodes(views: Iterable[NodeImageView], now: datetime, refresh: timedelta) -> set[str]:
-    """Nodes already holding an order for the LazyImage that is fresher than ``refresh``."""
-    fresh: set[str] = set()
-    for view in views:
-        issued = parse_time(view.ordered_at) if view.ordered_at else None
-        if issued is not None and now - issued < refresh:
-            fresh.add(view.node)
-    return fresh
+__all__ = ["SelectorPrewarm", "prewarm_pod", "selector_orders"]
 
 
 async def prewarm_pod(writer: ClusterWriter, request: PrewarmRequest) -> list[Order]:
@@ -72,14 +62,14 @@ def selector_orders(
     node_labels: Mapping[str, Mapping[str, str]],
     views: Iterable[NodeImageView],
     now: datetime,
-    refresh: timedelta,
 ) -> dict[str, Order]:
-    """The orders a selector LazyImage still needs: matching nodes without a fresh order."""
-    fresh = fresh_nodes(views, now, refresh)
+    """The orders a selector LazyImage still needs: matching nodes not yet ordered. A node is
+    ordered once; pods bound to it re-order a stale image themselves."""
+    ordered = {view.node for view in views if view.ordered_at is not None}
     return {
         node: Order(
             prewarm.image, prewarm.name, now, f"lazyimage {prewarm.name}", prewarm.pull_secrets
         )
         for node, labels in sorted(node_labels.items())
-        if node not in fresh and prewarm.matches(labels)
+        if node not in ordered and prewarm.matches(labels)
     }

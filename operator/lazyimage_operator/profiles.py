@@ -7,7 +7,7 @@ agents read when they are next ordered to prewarm the image.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lazyimage_operator.naming import lazyimage_name
@@ -16,10 +16,11 @@ __all__ = ["newer_profiles"]
 
 
 def newer_profiles(
-    node: str, status: Mapping[str, Any], known: Mapping[str, str]
+    node: str, status: Mapping[str, Any], known: Callable[[str], str]
 ) -> dict[str, dict[str, Any]]:
     """The profiles in one node's status that are newer than what each LazyImage has
-    (``known``: LazyImage name → its profile's ``recorded``), keyed by LazyImage name."""
+    (``known(name)``: its profile's ``recorded``, "" if none), keyed by LazyImage name.
+    Only the LazyImages this node reports on are looked up."""
     found: dict[str, dict[str, Any]] = {}
     for raw in status.get("profiles") or []:
         if not isinstance(raw, Mapping):
@@ -28,7 +29,7 @@ def newer_profiles(
         if not isinstance(image, str) or not isinstance(recorded, str) or not layers:
             continue
         name = lazyimage_name(image)
-        newest = found.get(name, {}).get("recorded") or known.get(name, "")
+        newest = found.get(name, {}).get("recorded") or known(name)
         if recorded <= newest:  # RFC 3339 UTC timestamps of one format sort as text
             continue
         profile = {"node": node, "recorded": recorded, "layers": layers}

@@ -19,9 +19,8 @@ def _status(*recorded: str) -> dict[str, object]:
 
 def test_a_newer_profile_replaces_an_older_one() -> None:
     name = lazyimage_name(IMAGE)
-    found = newer_profiles(
-        "n1", _status("2026-11-28T12:00:05.000000Z"), {name: "2026-11-28T12:00:00.000000Z"}
-    )
+    known = {name: "2026-11-28T12:00:00.000000Z"}
+    found = newer_profiles("n1", _status("2026-11-28T12:00:05.000000Z"), lambda n: known[n])
     assert found == {
         name: {
             "node": "n1",
@@ -34,9 +33,13 @@ def test_a_newer_profile_replaces_an_older_one() -> None:
 
 def test_an_older_or_equal_profile_changes_nothing() -> None:
     name = lazyimage_name(IMAGE)
-    known = {name: "2026-11-28T12:00:05.000000Z"}
-    assert newer_profiles("n1", _status("2026-11-28T12:00:05.000000Z"), known) == {}
-    assert newer_profiles("n1", _status("2026-11-28T11:00:00.000000Z"), known) == {}
+    known = {name: "2026-11-28T12:00:05.000000Z"}.get
+    assert (
+        newer_profiles("n1", _status("2026-11-28T12:00:05.000000Z"), lambda n: known(n, "")) == {}
+    )
+    assert (
+        newer_profiles("n1", _status("2026-11-28T11:00:00.000000Z"), lambda n: known(n, "")) == {}
+    )
 
 
 def test_the_newest_of_several_wins_and_malformed_ones_are_skipped() -> None:
@@ -46,5 +49,5 @@ def test_the_newest_of_several_wins_and_malformed_ones_are_skipped() -> None:
         "junk",
         {"image": IMAGE, "recorded": "x", "layers": []},
     ]  # type: ignore[operator]
-    found = newer_profiles("n2", status, {})
+    found = newer_profiles("n2", status, lambda _: "")
     assert found[lazyimage_name(IMAGE)]["recorded"] == "2026-11-28T12:00:09.000000Z"
