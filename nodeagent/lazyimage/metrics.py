@@ -23,6 +23,7 @@ __all__ = [
     "FETCH_RETRIES",
     "FUSE_OPERATION_DURATION",
     "LAYER_FETCHED_RATIO",
+    "ORDER_RUNNER_RESTARTS",
     "PREWARM_ORDERS",
     "PREWARM_SECONDS",
     "REGISTRY",
@@ -110,6 +111,12 @@ PREWARM_ORDERS = Counter(
     f"{P}prewarm_orders",
     "Prefetch orders from the node's LazyImageNode carried out, by result (ready, failed).",
     ["result"],
+    registry=REGISTRY,
+)
+ORDER_RUNNER_RESTARTS = Counter(
+    f"{P}order_runner_restarts",
+    "Times the follower of the node's prefetch orders failed and was started again (the "
+    "agent's mounts do not depend on it).",
     registry=REGISTRY,
 )
 PREWARM_SECONDS = Histogram(

@@ -157,6 +157,7 @@ class LayerManager:
         async with self._lock:
             existing = self._layers.get(spec.name)
             if existing is not None:
+                _check_toc(existing, spec)
                 existing.users += 1
                 return existing
             started = time.monotonic()
@@ -213,6 +214,7 @@ class LayerManager:
         """Fetch a layer's priority zone, or the named files, into the cache; mount nothing."""
         mounted = self._layers.get(spec.name)
         if mounted is not None:
+            _check_toc(mounted, spec)
             fetcher, tree = mounted.fetcher, mounted.tree
         else:
             fetcher, tree, _ = await self._open(spec)
@@ -338,6 +340,11 @@ class LayerManager:
             # Prefetch is an optimisation: reads still fetch on demand.
             layer.prefetch_error = str(exc)
             log.warning("prefetch_failed", layer=layer.spec.digest, error=str(exc))
+        except Exception as exc:
+            # This task runs in the agent's own nursery: anything escaping would end the
+            # agent and every mount it serves, for the sake of an optimisation.
+            layer.prefetch_error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("prefetch_crashed", layer=layer.spec.digest)
         finally:
             layer.prefetch_done.set()
 
@@ -376,6 +383,17 @@ def _release_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _check_toc(mounted: MountedLayer, spec: LayerSpec) -> None:
+    """A layer already mounted serves a new user only for the TOC digest it was verified
+    against: an image that names another one is refused, as it would be if nothing were
+    mounted, rather than quietly served the mounted layer's TOC."""
+    if mounted.tree.toc_digest != spec.toc_digest:
+        raise errors.VerificationError(
+            f"layer {spec.digest}: TOC digest {spec.toc_digest} does not match the layer's "
+            f"TOC ({mounted.tree.toc_digest})"
+        )
 
 
 def _zone_chunks(tree: LayerTree) -> list[Chunk]:

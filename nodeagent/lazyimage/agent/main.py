@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import structlog
 import trio
 
+from lazyimage import errors, metrics
 from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
@@ -36,6 +37,10 @@ from lazyimage.snapshotter import serve as serve_snapshots
 __all__ = ["main", "serve"]
 
 log = structlog.get_logger(__name__)
+
+# Pauses before the order follower starts again after a failure, doubling up to the cap.
+_RESTART_PAUSE = 1.0
+_RESTART_PAUSE_MAX = 30.0
 
 
 async def serve(config: AgentConfig) -> None:
@@ -107,31 +112,62 @@ async def follow_orders(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Carry out the operator's prefetch orders for ``config.node_name`` until cancelled."""
+    """Carry out the operator's prefetch orders for ``config.node_name`` until cancelled.
+
+    The follower runs in the agent's own nursery, beside the FUSE session, so it is
+    supervised: whatever ends it (a bug, an API server gone for good) is logged, counted,
+    and it starts again after a pause. A bad kubeconfig still stops the agent at start.
+    """
     assert config.node_name is not None
-    async with KubeClient(KubeConfig.load(config.kubeconfig)) as kube:
+    kube_config = KubeConfig.load(config.kubeconfig)
+    prewarmer_secrets = _SecretReader()
+    prewarmer = ImagePrewarmer(manager, client, prewarmer_secrets.load)
+    profiles = ProfileBook(config.profile_window) if config.profile_window > 0 else None
 
-        async def load_secret(namespace: str, name: str) -> bytes:
-            secret = await kube.get(ResourcePath("", "v1", "secrets", namespace), name)
-            return dockerconfigjson(secret, namespace, name)
+    def cache_usage() -> tuple[int, int]:
+        stats = cache.stats()
+        return stats.bytes, stats.capacity
 
-        def cache_usage() -> tuple[int, int]:
-            stats = cache.stats()
-            return stats.bytes, stats.capacity
+    pause = _RESTART_PAUSE
+    while True:
+        started = trio.current_time()
+        try:
+            async with KubeClient(kube_config) as kube:
+                prewarmer_secrets.kube = kube
+                runner = OrderRunner(
+                    kube,
+                    config.node_name,
+                    prewarmer,
+                    cache_counts=manager.cache_counts,
+                    cache_usage=cache_usage,
+                    heartbeat=config.report_interval,
+                    profiles=profiles,
+                    mounted=manager.all,
+                )
+                log.info("following_orders", node=config.node_name, server=kube.config.server)
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await runner.run()
+            log.warning("order_follower_ended", restart_in=pause)
+        except Exception:
+            log.exception("order_follower_failed", restart_in=pause)
+        metrics.ORDER_RUNNER_RESTARTS.inc()
+        await trio.sleep(pause)
+        # A follower that ran a while before failing starts the backoff over.
+        long_run = trio.current_time() - started > _RESTART_PAUSE_MAX
+        pause = _RESTART_PAUSE if long_run else min(pause * 2, _RESTART_PAUSE_MAX)
 
-        runner = OrderRunner(
-            kube,
-            config.node_name,
-            ImagePrewarmer(manager, client, load_secret),
-            cache_counts=manager.cache_counts,
-            cache_usage=cache_usage,
-            heartbeat=config.report_interval,
-            profiles=ProfileBook(config.profile_window) if config.profile_window > 0 else None,
-            mounted=manager.all,
-        )
-        log.info("following_orders", node=config.node_name, server=kube.config.server)
-        task_status.started()
-        await runner.run()
+
+class _SecretReader:
+    """Reads an order's pull secrets by name through the current API server client."""
+
+    kube: KubeClient | None = None
+
+    async def load(self, namespace: str, name: str) -> bytes:
+        if self.kube is None:
+            raise errors.LazyImageError(f"pull secret {namespace}/{name}: no API server client")
+        secret = await self.kube.get(ResourcePath("", "v1", "secrets", namespace), name)
+        return dockerconfigjson(secret, namespace, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,9 +194,12 @@ class OrderRunner:
                     state.order.image, state.order.pull_secrets, learned
                 )
             except (errors.LazyImageError, OSError) as exc:
-                state.state, state.message = "Failed", str(exc)
-                metrics.PREWARM_ORDERS.labels("failed").inc()
-                log.warning("prefetch_failed", image=state.order.image, error=str(exc))
+                self._fail(state, str(exc))
+            except Exception as exc:
+                # One order, whatever it holds, must never end the runner (and the agent
+                # with it): the pod author chose the image.
+                log.exception("prefetch_order_crashed", image=state.order.image)
+                self._fail(state, f"internal error: {type(exc).__name__}: {exc}")
             else:
                 state.state, state.message, state.result = "Ready", "", result
                 state.layers = result.layers
@@ -210,6 +213,11 @@ class OrderRunner:
                 seconds=round(time.monotonic() - started, 3),
             )
             self._changed.set()
+
+    def _fail(self, state: ImageState, message: str) -> None:
+        state.state, state.message = "Failed", message
+        metrics.PREWARM_ORDERS.labels("failed").inc()
+        log.warning("prefetch_failed", image=state.order.image, error=message)
 
     async def _learned(self, order: Order) -> dict[str, list[str]]:
         """The startup profile the operator keeps in the order's LazyImage, if any."""

@@ -19,12 +19,24 @@ from lazyimage import errors, names
 from lazyimage.agent.layers import LayerManager, LayerSpec
 from lazyimage.registry import Keychain, Reference, RegistryClient
 
-__all__ = ["ImagePrewarmer", "PrewarmResult", "SecretLoader", "dockerconfigjson"]
+__all__ = ["ImagePrewarmer", "PrewarmError", "PrewarmResult", "SecretLoader", "dockerconfigjson"]
 
 log = structlog.get_logger(__name__)
 
 # Reads a pull secret's ``.dockerconfigjson`` bytes: (namespace, name) -> payload.
 SecretLoader = Callable[[str, str], Awaitable[bytes]]
+
+
+class PrewarmError(errors.LazyImageError):
+    """Some of an image's layers could not be prewarmed; names each with its reason."""
+
+    def __init__(self, image: str, failures: Mapping[str, str], layer_count: int) -> None:
+        self.image = image
+        self.failures = dict(failures)
+        reasons = "; ".join(f"layer {digest}: {reason}" for digest, reason in failures.items())
+        super().__init__(
+            f"{image}: {len(failures)} of {layer_count} eStargz layers failed: {reasons}"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,21 @@ class ImagePrewarmer:
         fetched: dict[str, int] = {}
         learned = learned or {}
 
+        failures: dict[str, str] = {}
+
         async def one(spec: LayerSpec) -> None:
+            # Each layer's failure is its own: it is recorded and the other layers go on. An
+            # exception escaping into the nursery would end the agent, and with it the FUSE
+            # mount under every lazily started container on the node.
+            try:
+                await prewarm_layer(spec)
+            except errors.LazyImageError as exc:
+                failures[spec.digest] = str(exc)
+            except Exception as exc:  # a bug must cost this order, not the node
+                log.exception("prewarm_layer_crashed", image=image, layer=spec.digest)
+                failures[spec.digest] = f"internal error: {type(exc).__name__}: {exc}"
+
+        async def prewarm_layer(spec: LayerSpec) -> None:
             result = await self._manager.prefetch(spec, None)
             fetched[spec.digest] = int(result["fetchedBytes"])
             zones[spec.digest] = int(result.get("zoneBytes", 0))
@@ -93,6 +119,8 @@ class ImagePrewarmer:
         async with trio.open_nursery() as nursery:
             for spec in specs:
                 nursery.start_soon(one, spec)
+        if failures:
+            raise PrewarmError(image, failures, len(specs))
         result = PrewarmResult(
             digest=resolved.manifest_digest,
             layers=tuple(spec.digest for spec in specs),

@@ -18,7 +18,7 @@ import pytest
 from lazyimage import estargz
 from zlib_ng import zlib_ng
 
-from tests.fixtures.agent import AgentProcess, overlay
+from tests.fixtures.agent import AgentError, AgentProcess, overlay
 from tests.fixtures.faults import Fault, FaultProxy
 from tests.fixtures.images import TestImage
 from tests.fixtures.registry import RegistryServer
@@ -88,6 +88,24 @@ def test_a_forged_chunk_is_refused_and_counted(
     assert sum(failures) >= 1
     # Other files of the layer still read.
     assert (layer_dir / "usr/lib/python3.11/json/__init__.py").read_bytes().startswith(b'r"""')
+
+
+def test_a_mounted_layer_is_not_lent_to_an_image_with_another_toc_digest(
+    registry: RegistryServer, busybox_image: TestImage, agent_factory: Any
+) -> None:
+    """Another image naming the same layer with a TOC digest that is not the layer's is
+    refused, as it would be with nothing mounted, for mounts and prefetches alike."""
+    image = push_estargz(busybox_image, registry, "lazy/busybox")
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    layer = image.layers[0]
+    agent.mount(image.ref, layer.digest, image.toc(layer))
+    forged = {"ref": image.ref, "digest": layer.digest, "tocDigest": "sha256:" + "0" * 64}
+    for path in ("/v1/layers", "/v1/prefetch"):
+        with pytest.raises(AgentError) as refused:
+            agent.request("POST", path, forged)
+        assert "TOC digest" in refused.value.body, (path, refused.value.body)
+    [mounted] = agent.request("GET", "/v1/layers")
+    assert mounted["users"] == 1
 
 
 def test_a_registry_that_stops_during_reads(

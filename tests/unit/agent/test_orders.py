@@ -58,9 +58,10 @@ class FakeKube:
 
 
 class FakePrewarmer:
-    def __init__(self, failing: Sequence[str] = ()) -> None:
+    def __init__(self, failing: Sequence[str] = (), crashing: Sequence[str] = ()) -> None:
         self.calls: list[str] = []
         self.failing = failing
+        self.crashing = crashing
 
     async def prewarm(
         self, image: str, secrets: Sequence[tuple[str, str]] = (), learned: Any = None
@@ -69,6 +70,9 @@ class FakePrewarmer:
         await trio.sleep(0.01)
         if image in self.failing:
             raise errors.UnavailableError("registry down", what=image)
+        if image in self.crashing:
+            # What a nursery of layer prefetches raises when one fails in an unplanned way.
+            raise ExceptionGroup("layers", [RuntimeError("a bug in a layer prefetch")])
         return PrewarmResult("sha256:" + "a" * 64, ("sha256:" + "b" * 64,), 1, 0, 100, 50, 0.01)
 
 
@@ -154,3 +158,21 @@ async def test_a_heartbeat_is_written_without_changes() -> None:
         nursery.cancel_scope.cancel()
     beats = [patch["status"]["agent"]["heartbeat"] for patch in kube.patches[-2:]]
     assert beats[0] < beats[1]
+
+
+async def test_an_order_that_crashes_is_failed_and_the_runner_goes_on() -> None:
+    kube, prewarmer = FakeKube(), FakePrewarmer(crashing=["crash"])
+    runner = _runner(kube, prewarmer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await kube.push(_node([("crash", T0), ("good", T0)]))
+        status = await _settle(kube, lambda s: s["ready"] + s["failed"] == 2)
+        by_image = {raw["image"]: raw for raw in status["images"]}
+        assert by_image["crash"]["state"] == "Failed"
+        assert "internal error: ExceptionGroup" in by_image["crash"]["message"]
+        assert by_image["good"]["state"] == "Ready"
+        # Later orders still run: the runner outlived the crash.
+        await kube.push(_node([("crash", T0), ("good", T0), ("later", T0)]))
+        status = await _settle(kube, lambda s: s["ready"] == 2)
+        nursery.cancel_scope.cancel()
+    assert sorted(prewarmer.calls) == ["crash", "good", "later"]
