@@ -33,6 +33,8 @@ class AgentConfig:
     kubeconfig: Path | None = None  # None: the pod's service account (or $KUBECONFIG)
     report_interval: float = 30.0  # seconds between status reports without a change
     profile_window: float = 15.0  # seconds of a mount's reads kept as its startup profile
+    # Keep the FUSE connection in a holder process, so a restarted agent takes the mount over.
+    fuse_holder: bool = True
 
     @property
     def mountpoint(self) -> Path:
@@ -49,6 +51,14 @@ class AgentConfig:
     @property
     def snapshotter_dir(self) -> Path:
         return self.state_dir / "snapshotter"
+
+    @property
+    def holder_socket(self) -> Path:
+        return self.state_dir / "fuse-holder.sock"
+
+    @property
+    def mount_book(self) -> Path:
+        return self.state_dir / "mounts.json"
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -139,6 +149,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(LAZYIMAGE_CONTROL_API)",
     )
     parser.add_argument(
+        "--fuse-holder",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("LAZYIMAGE_FUSE_HOLDER", "true").lower() not in ("0", "false", "no"),
+        help="keep the FUSE connection in a small holder process, so that an agent started "
+        "again after a crash, a stop or an upgrade takes the mount over and running "
+        "containers only pause; without it the mount ends with the agent "
+        "(LAZYIMAGE_FUSE_HOLDER)",
+    )
+    parser.add_argument(
         "--node-name",
         default=env.get("LAZYIMAGE_NODE_NAME") or None,
         metavar="NODE",
@@ -201,4 +220,5 @@ def parse_config(
         kubeconfig=args.kubeconfig,
         report_interval=args.report_interval,
         profile_window=args.profile_window,
+        fuse_holder=args.fuse_holder,
     )

@@ -19,6 +19,7 @@ import structlog
 import trio
 
 from lazyimage import errors, metrics
+from lazyimage.agent.mountbook import BookedLayer, MountBook
 from lazyimage.agent.preload import Preloader
 from lazyimage.cache import ChunkCache, StoredTOC, TOCStore
 from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
@@ -127,6 +128,7 @@ class LayerManager:
         bucket: TokenBucket | None = None,
         background_fill: bool = True,
         tocs: TOCStore | None = None,
+        book: MountBook | None = None,
     ) -> None:
         self._fs = fs
         self._client = client
@@ -136,6 +138,8 @@ class LayerManager:
         self._bucket = bucket
         self._background = background_fill
         self._tocs = tocs
+        self._book = book
+        self._booked_users: dict[str, int] = {}  # layers taken over, until settled
         self._layers: dict[str, MountedLayer] = {}
         # Cache hits and misses of layers since unmounted, by layer digest.
         self._past_counts: dict[str, tuple[int, int]] = {}
@@ -159,38 +163,119 @@ class LayerManager:
             if existing is not None:
                 _check_toc(existing, spec)
                 existing.users += 1
+                await self._save_book()
                 return existing
-            started = time.monotonic()
-            fetcher, tree, size = await self._open(spec)
-            recorder = AccessRecorder()
+            mounted = self._attach(spec, await self._open(spec), slot=None, users=1)
+            await self._save_book()
+        self._start_prefetch(mounted, background)
+        return mounted
 
-            async def read_chunks(
-                chunks: Sequence[Chunk], *, following: Following | None = None
-            ) -> list[bytes]:
-                return await fetcher.read(chunks, Priority.DEMAND, following=following)
+    async def take_over(self) -> int:
+        """Serve again every layer the mount book says this mount served, each in its inode
+        slot, opened from the stored TOCs. For a mount taken over from an earlier agent;
+        call before the mount serves requests. Returns how many layers came back."""
+        if self._book is None:
+            return 0
+        booked, next_slot = await trio.to_thread.run_sync(self._book.load)
+        self._fs.resume_slots(next_slot)
+        restored: list[MountedLayer] = []
+        async with self._lock:
+            for entry in booked:
+                try:
+                    ref = Reference.parse(entry.ref)
+                    spec = LayerSpec(ref, entry.digest, entry.toc_digest, entry.size)
+                    opened = await self._open(spec)
+                    mounted = self._attach(spec, opened, slot=entry.slot, users=0)
+                except (errors.LazyImageError, ValueError) as exc:
+                    # Its inodes answer ESTALE; the other layers are not held back.
+                    log.warning("layer_not_taken_over", layer=entry.digest, error=str(exc))
+                    continue
+                self._booked_users[spec.name] = entry.users
+                restored.append(mounted)
+            await self._save_book()
+        for mounted in restored:
+            self._start_prefetch(mounted, None)
+        return len(restored)
 
-            async def read_slice(
-                chunk: Chunk, start: int, length: int, *, following: Following | None = None
-            ) -> bytes:
-                return await fetcher.read_slice(
-                    chunk, start, length, Priority.DEMAND, following=following
-                )
+    async def settle_take_over(self) -> None:
+        """Once the snapshotter has mounted its snapshots' layers again: each layer taken
+        over keeps at least the users it had (those of the control API come back no other
+        way)."""
+        async with self._lock:
+            for name, users in self._booked_users.items():
+                layer = self._layers.get(name)
+                if layer is not None:
+                    layer.users = max(layer.users, users)
+            self._booked_users.clear()
+            await self._save_book()
 
-            layer = RemoteLayer(tree, read_chunks, recorder, read_slice, read_ahead=True)
-            path = self._fs.add_layer(spec.name, layer)
-            mounted = MountedLayer(spec, size, path, tree, fetcher, recorder, time.monotonic())
-            self._layers[spec.name] = mounted
-            log.info(
-                "layer_mounted",
-                layer=spec.digest,
-                ref=str(spec.ref),
-                nodes=tree.node_count,
-                prefetch_zone=tree.prefetch_zone,
-                seconds=round(time.monotonic() - started, 3),
+    async def clear_book(self) -> None:
+        """A fresh mount serves nothing yet."""
+        if self._book is not None:
+            await trio.to_thread.run_sync(self._book.clear)
+
+    def _attach(
+        self,
+        spec: LayerSpec,
+        opened: tuple[LayerFetcher, LayerTree, int],
+        *,
+        slot: int | None,
+        users: int,
+    ) -> MountedLayer:
+        """Serve an opened layer on the mount."""
+        started = time.monotonic()
+        fetcher, tree, size = opened
+        recorder = AccessRecorder()
+
+        async def read_chunks(
+            chunks: Sequence[Chunk], *, following: Following | None = None
+        ) -> list[bytes]:
+            return await fetcher.read(chunks, Priority.DEMAND, following=following)
+
+        async def read_slice(
+            chunk: Chunk, start: int, length: int, *, following: Following | None = None
+        ) -> bytes:
+            return await fetcher.read_slice(
+                chunk, start, length, Priority.DEMAND, following=following
             )
+
+        layer = RemoteLayer(tree, read_chunks, recorder, read_slice, read_ahead=True)
+        path = self._fs.add_layer(spec.name, layer, slot=slot)
+        mounted = MountedLayer(
+            spec, size, path, tree, fetcher, recorder, time.monotonic(), users=users
+        )
+        self._layers[spec.name] = mounted
+        log.info(
+            "layer_mounted",
+            layer=spec.digest,
+            ref=str(spec.ref),
+            nodes=tree.node_count,
+            prefetch_zone=tree.prefetch_zone,
+            slot=self._fs.slot_of(spec.name),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return mounted
+
+    def _start_prefetch(self, mounted: MountedLayer, background: bool | None) -> None:
         fill = self._background if background is None else background
         self._nursery.start_soon(self._prefetch_layer, mounted, fill)
-        return mounted
+
+    async def _save_book(self) -> None:
+        if self._book is None:
+            return
+        booked = [
+            BookedLayer(
+                name=name,
+                slot=self._fs.slot_of(name),
+                ref=str(layer.spec.ref),
+                digest=layer.spec.digest,
+                toc_digest=layer.spec.toc_digest,
+                size=layer.size,
+                users=max(layer.users, self._booked_users.get(name, 0)),
+            )
+            for name, layer in self._layers.items()
+        ]
+        await trio.to_thread.run_sync(self._book.save, booked, self._fs.next_slot)
 
     async def unmount(self, name: str) -> None:
         async with self._lock:
@@ -200,6 +285,7 @@ class LayerManager:
                 return
             del self._layers[name]
             await self._fs.remove_layer(name)
+            await self._save_book()
             layer.fetcher.close()
             hits, misses = self._past_counts.get(layer.spec.digest, (0, 0))
             self._past_counts[layer.spec.digest] = (

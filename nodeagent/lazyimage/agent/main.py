@@ -21,6 +21,7 @@ from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
+from lazyimage.agent.mountbook import MountBook
 from lazyimage.agent.orders import OrderRunner
 from lazyimage.agent.prewarm import ImagePrewarmer, dockerconfigjson
 from lazyimage.agent.profiles import ProfileBook
@@ -53,7 +54,8 @@ async def serve(config: AgentConfig) -> None:
     fetch_config = FetchConfig(
         stall_timeout=config.stall_timeout, background_quiet=config.background_quiet
     )
-    with cache, FuseSession(config.mountpoint, fs) as session:
+    holder = config.holder_socket if config.fuse_holder else None
+    with cache, FuseSession(config.mountpoint, fs, holder=holder) as session:
         async with (
             RegistryClient(
                 keychain=keychain, insecure_registries=config.insecure_registries
@@ -69,7 +71,15 @@ async def serve(config: AgentConfig) -> None:
                 bucket=bucket,
                 background_fill=config.background_fill,
                 tocs=TOCStore(config.tocs_dir),
+                book=MountBook(config.mount_book),
             )
+            # A mount taken over from an earlier agent serves its layers again, in their
+            # inode slots, before it answers the requests that waited in the kernel.
+            if session.adopted:
+                taken_over = await manager.take_over()
+                log.info("mount_taken_over", layers=taken_over)
+            else:
+                await manager.clear_book()
             token = trio.lowlevel.current_trio_token()
             control = AgentControl(manager, cache, str(config.mountpoint))
             http = AgentHTTPServer(config.listen, control, token, control=config.control_api)
@@ -79,6 +89,8 @@ async def serve(config: AgentConfig) -> None:
             # Layers of snapshots made before a restart are mounted again before containerd
             # may ask for them; one that cannot be is reported and does not stop the rest.
             failed = await trio.to_thread.run_sync(snapshotter.restore)
+            if session.adopted:
+                await manager.settle_take_over()
             grpc_server = serve_snapshots(snapshotter, config.socket)
             if config.node_name:
                 await nursery.start(follow_orders, config, manager, client, cache)

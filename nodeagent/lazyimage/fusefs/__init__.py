@@ -11,6 +11,7 @@ from lazyimage.fusefs._mounts import (
     MountInfo,
     abort_connection,
     force_unmount,
+    mounts_at,
     mounts_under,
 )
 from lazyimage.fusefs._operations import LayerFilesystem
@@ -26,6 +27,7 @@ __all__ = [
     "abort_connection",
     "force_unmount",
     "inode",
+    "mounts_at",
     "mounts_under",
     "split",
 ]

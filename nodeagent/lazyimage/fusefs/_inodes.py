@@ -1,8 +1,10 @@
 """Inode numbers for one mount serving many layers: ``(layer slot << 32) | node id``.
 
 Slot 0 is the mount's root directory (inode 1, FUSE's root); layers get slots 1, 2, ...
-and a slot is never reused while the process lives, so an inode the kernel still holds
-for a removed layer can never name a file of a newer one.
+and a slot is never reused while the mount lives, so an inode the kernel still holds for a
+removed layer can never name a file of a newer one. An agent that takes over a mount puts
+each layer back in the slot it had (``add(..., number=)``) and goes on numbering from where
+the earlier one stopped (``resume``), so the kernel's inode numbers stay valid.
 """
 
 from __future__ import annotations
@@ -45,13 +47,27 @@ class LayerSlots(Generic[T]):
         self._by_name: dict[str, Slot[T]] = {}
         self._next = 1
 
-    def add(self, name: str, value: T) -> Slot[T]:
+    @property
+    def next_number(self) -> int:
+        """The number the next new slot gets."""
+        return self._next
+
+    def resume(self, next_number: int) -> None:
+        """Never hand out numbers below ``next_number`` (used by an earlier server)."""
+        self._next = max(self._next, next_number)
+
+    def add(self, name: str, value: T, *, number: int | None = None) -> Slot[T]:
+        """A new slot for ``name``: the next number, or ``number`` when restoring one."""
         if name in self._by_name:
             raise ValueError(f"a layer named {name!r} is already mounted")
-        if self._next >= _MAX_SLOTS:
-            raise RuntimeError("no layer slots left in this process")
-        slot = Slot(self._next, name, value)
-        self._next += 1
+        if number is None:
+            number = self._next
+        elif number < 1 or number in self._by_slot:
+            raise ValueError(f"slot {number} is taken or invalid")
+        if number >= _MAX_SLOTS:
+            raise RuntimeError("no layer slots left in this mount")
+        slot = Slot(number, name, value)
+        self._next = max(self._next, number + 1)
         self._by_slot[slot.number] = slot
         self._by_name[name] = slot
         return slot
@@ -68,8 +84,8 @@ class LayerSlots(Generic[T]):
         return self._by_name.get(name)
 
     def __iter__(self) -> Iterator[Slot[T]]:
-        """Slots in slot order (dicts keep insertion order, and slot numbers only grow)."""
-        return iter(list(self._by_slot.values()))
+        """Slots in slot order (restored slots may have been added in any order)."""
+        return iter(sorted(self._by_slot.values(), key=lambda slot: slot.number))
 
     def __len__(self) -> int:
         return len(self._by_slot)

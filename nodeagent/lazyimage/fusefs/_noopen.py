@@ -18,19 +18,15 @@ makes ``install`` return False, and the filesystem answers opens normally instea
 from __future__ import annotations
 
 import ctypes
-import struct
-from collections.abc import Collection
 
 import structlog
+
+from lazyimage.fusefs._libfuse import pyfuse3_symbols
 
 __all__ = ["install"]
 
 log = structlog.get_logger(__name__)
 
-_INIT_SYMBOL = "PyInit_pyfuse3"
-_SESSION = "__pyx_v_7pyfuse3_session"
-_OPS = "__pyx_v_7pyfuse3_fuse_ops"
-_READ_HANDLER = "__pyx_f_7pyfuse3_fuse_read"
 _PTR = ctypes.sizeof(ctypes.c_void_p)
 # struct fuse_lowlevel_ops: init, destroy, lookup, forget, getattr, setattr, readlink, mknod,
 # mkdir, unlink, rmdir, symlink, rename, link, open, read, ... (public ABI, fuse_lowlevel.h)
@@ -39,7 +35,6 @@ _OPS_PREFIX = 16 * _PTR
 # struct fuse_file_info: int flags; 32 bits of flags; 32 bits of padding; uint64_t fh
 _FH_OFFSET = 16
 _MAX_OPS_OFFSET = 256  # op sits near the start of struct fuse_session (40 in libfuse 3.14)
-_SHT_SYMTAB = 2
 
 _ReadFn = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_int64, ctypes.c_void_p
@@ -50,34 +45,6 @@ _CallRead = ctypes.PYFUNCTYPE(
 )
 
 _keep: list[object] = []  # ctypes objects that C code points at must outlive the session
-
-
-def _elf_symbols(path: str, wanted: Collection[str]) -> dict[str, int]:
-    """Values of the named symbols in an ELF64 little-endian file's .symtab."""
-    found: dict[str, int] = {}
-    with open(path, "rb") as f:
-        header = f.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
-            return found
-        (shoff,) = struct.unpack_from("<Q", header, 0x28)
-        shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
-        f.seek(shoff)
-        table = f.read(shentsize * shnum)
-        sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
-        for _, kind, _, _, offset, size, link, _, _, entsize in sections:
-            if kind != _SHT_SYMTAB or entsize != 24 or link >= len(sections):
-                continue
-            f.seek(sections[link][4])
-            strtab = f.read(sections[link][5])
-            f.seek(offset)
-            symbols = f.read(size)
-            for at in range(0, len(symbols) - 23, 24):
-                name_at = struct.unpack_from("<I", symbols, at)[0]
-                end = strtab.find(b"\0", name_at)
-                name = strtab[name_at:end].decode("ascii", "replace")
-                if name in wanted:
-                    found[name] = struct.unpack_from("<Q", symbols, at + 8)[0]
-    return found
 
 
 def _trampoline(pyfuse3_read: int) -> int:
@@ -96,23 +63,17 @@ def _trampoline(pyfuse3_read: int) -> int:
     return address
 
 
-def install(extension_path: str) -> bool:
+def install(extension: str | None = None) -> bool:
     """Route inode numbers to ``Operations.read`` in no_open mode; False if it cannot.
+    ``extension``: the pyfuse3 extension file, if not the one loaded.
 
     Call after ``pyfuse3.init`` (the session must exist) and before serving.
     """
-    symbols = _elf_symbols(extension_path, {_INIT_SYMBOL, _SESSION, _OPS, _READ_HANDLER})
-    if len(symbols) != 4:
-        log.warning("pyfuse3 symbols not found; opens will round-trip", path=extension_path)
+    symbols = pyfuse3_symbols(extension)
+    if symbols is None:
+        log.warning("pyfuse3 symbols not found; opens will round-trip")
         return False
-    library = ctypes.CDLL(extension_path)
-    _keep.append(library)
-    init_address = ctypes.cast(getattr(library, _INIT_SYMBOL), ctypes.c_void_p).value
-    assert init_address is not None
-    base = init_address - symbols[_INIT_SYMBOL]
-    ops = base + symbols[_OPS]
-    handler = base + symbols[_READ_HANDLER]
-    session = ctypes.c_void_p.from_address(base + symbols[_SESSION]).value
+    session, ops, handler = symbols.session, symbols.ops, symbols.read_handler
     if not session or ctypes.c_void_p.from_address(ops + _READ_SLOT).value != handler:
         log.warning("pyfuse3 session layout not recognised; opens will round-trip")
         return False

@@ -101,8 +101,9 @@ class LayerFilesystem(pyfuse3.Operations):
 
     # Layers
 
-    def add_layer(self, name: str, layer: RemoteLayer) -> Path:
-        """Serve ``layer`` as ``<mountpoint>/<name>``; usable (e.g. as a lowerdir) at once."""
+    def add_layer(self, name: str, layer: RemoteLayer, *, slot: int | None = None) -> Path:
+        """Serve ``layer`` as ``<mountpoint>/<name>``; usable (e.g. as a lowerdir) at once.
+        ``slot``: the inode slot it had under an earlier server of this mount."""
         if self.mountpoint is None:
             raise RuntimeError("the filesystem is not mounted")
         encoded = os.fsencode(name)
@@ -116,7 +117,7 @@ class LayerFilesystem(pyfuse3.Operations):
             raise ValueError(f"invalid layer name {name!r}")
         if layer.tree.node_count >= MAX_NODES:
             raise ValueError(f"layer {name!r} has too many nodes for one inode slot")
-        self._layers.add(name, layer)
+        self._layers.add(name, layer, number=slot)
         self._blocks += -(-layer.tree.total_size // _BLOCK)
         self._files += layer.tree.node_count
         self._root_changed()
@@ -137,6 +138,21 @@ class LayerFilesystem(pyfuse3.Operations):
 
     def layer_names(self) -> list[str]:
         return [slot.name for slot in self._layers]
+
+    def slot_of(self, name: str) -> int:
+        """The inode slot of a served layer (KeyError if it is not served)."""
+        slot = self._layers.named(name)
+        if slot is None:
+            raise KeyError(name)
+        return slot.number
+
+    @property
+    def next_slot(self) -> int:
+        return self._layers.next_number
+
+    def resume_slots(self, next_slot: int) -> None:
+        """Number new layers from ``next_slot`` on, as an earlier server of this mount did."""
+        self._layers.resume(next_slot)
 
     def layer(self, name: str) -> RemoteLayer | None:
         slot = self._layers.named(name)

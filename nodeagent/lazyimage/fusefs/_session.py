@@ -6,7 +6,8 @@
             await nursery.start(session.serve)      # returns once the mount answers
             fs.add_layer("sha256-abc", layer)       # -> mountpoint / "sha256-abc"
             ...
-            session.terminate()                     # serve() returns; close() unmounts
+            session.terminate()                     # serve() returns; leaving unmounts
+                                                    # (or, with a holder, keeps the mount)
 
 Mount options: ``fsname=lazyimage,subtype=lazyimage,allow_other,ro,default_permissions``.
 ``max_read`` is never passed: libfuse then fails INIT against pyfuse3's buffer size.
@@ -14,6 +15,7 @@ Mount options: ``fsname=lazyimage,subtype=lazyimage,allow_other,ro,default_permi
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +24,9 @@ import pyfuse3
 import structlog
 import trio
 
-from lazyimage.fusefs import _noopen
+from lazyimage import holder
+from lazyimage.fusefs import _libfuse, _noopen
+from lazyimage.fusefs._device import mount_fuse, read_init, resend_pending
 from lazyimage.fusefs._mounts import MountInfo, force_unmount, mounts_at
 from lazyimage.fusefs._operations import LayerFilesystem
 
@@ -41,8 +45,16 @@ _active: FuseSession | None = None
 class FuseSession:
     """Mounts ``fs`` on ``mountpoint`` now; serves it in ``serve``; unmounts in ``close``.
 
-    A mount already on ``mountpoint`` (left by a killed agent) has its FUSE connection
-    aborted and is detached first, since touching it would fail or hang.
+    ``holder``: the socket of a connection holder (``lazyimage.holder``). The session
+    deposits its ``/dev/fuse`` descriptor there, and a later session on the same mountpoint
+    takes it back and serves the same mount (``adopted``) instead of mounting again, so
+    readers of the mount see a pause, not an error. ``close(release=True)`` leaves the
+    mount to the holder for the next session. Without a holder, the mount lives as long as
+    this session.
+
+    A mount already on ``mountpoint`` that no holder vouches for (left by a killed agent)
+    has its FUSE connection aborted and is detached first, since touching it would fail or
+    hang.
 
     ``read_ahead_kb``: the mount's readahead window, raised after INIT (the kernel clamps it
     to INIT's answer) so buffered reads arrive as 1 MiB requests rather than 128 KiB ones.
@@ -52,12 +64,14 @@ class FuseSession:
 
     mountpoint: Path
     mount: MountInfo
+    adopted: bool
 
     def __init__(
         self,
         mountpoint: Path | str,
         fs: LayerFilesystem,
         *,
+        holder: Path | None = None,
         read_ahead_kb: int = 1024,
         no_open: bool = True,
         min_tasks: int = 1,
@@ -68,17 +82,27 @@ class FuseSession:
             raise RuntimeError(f"this process already serves {_active.mountpoint} (pyfuse3)")
         self.mountpoint = Path(os.path.abspath(mountpoint))
         self.fs = fs
+        self._holder = holder
         self._read_ahead_kb = read_ahead_kb
         self._tasks = (min_tasks, max_tasks)
-        if mounts_at(self.mountpoint):
-            log.warning("removing a stale mount", mountpoint=str(self.mountpoint))
-            force_unmount(self.mountpoint)
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        fd, init, self.adopted = self._take_over() or self._mount_fresh()
         fs.mountpoint = self.mountpoint
-        pyfuse3.init(fs, str(self.mountpoint), set(MOUNT_OPTIONS))
+        try:
+            pyfuse3.init(fs, f"/dev/fd/{fd}", set(MOUNT_OPTIONS))
+        except BaseException:
+            os.close(fd)
+            if not self.adopted:
+                force_unmount(self.mountpoint)
+            raise
         _active = self
         self._open = True
         try:
+            # libfuse answers INIT from the saved request; for a mount taken over, the
+            # kernel ignores that answer and keeps the first agent's.
+            if not _libfuse.process_request(init):
+                raise RuntimeError("pyfuse3's libfuse session was not found; cannot answer INIT")
+            if self.adopted and not resend_pending(fd):
+                log.warning("the kernel cannot resend requests in flight at the takeover")
             fs.no_open = no_open and _install_no_open()
             self.mount = mounts_at(self.mountpoint)[-1]
         except BaseException:
@@ -89,7 +113,52 @@ class FuseSession:
             mountpoint=str(self.mountpoint),
             connection=self.mount.connection,
             no_open=fs.no_open,
+            adopted=self.adopted,
         )
+
+    def _take_over(self) -> tuple[int, bytes, bool] | None:
+        """The held descriptor of a live mount on this mountpoint, and its INIT request."""
+        if self._holder is None:
+            return None
+        held = holder.take(self._holder)
+        if held is None:
+            return None
+        live = {m.connection for m in mounts_at(self.mountpoint) if m.is_fuse}
+        meta = held.meta
+        if (
+            meta.get("mountpoint") == str(self.mountpoint)
+            and meta.get("connection") in live
+            and isinstance(meta.get("init"), str)
+        ):
+            log.info("taking over the mount", mountpoint=str(self.mountpoint))
+            return held.fd, base64.b64decode(meta["init"]), True
+        os.close(held.fd)
+        log.warning("the holder's descriptor is not for this mount", meta=meta)
+        return None
+
+    def _mount_fresh(self) -> tuple[int, bytes, bool]:
+        if mounts_at(self.mountpoint):
+            log.warning("removing a stale mount", mountpoint=str(self.mountpoint))
+            force_unmount(self.mountpoint)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        fd = mount_fuse(self.mountpoint, MOUNT_OPTIONS)
+        try:
+            init = read_init(fd)
+            if self._holder is not None:
+                connection = mounts_at(self.mountpoint)[-1].connection
+                meta = {
+                    "mountpoint": str(self.mountpoint),
+                    "connection": connection,
+                    "init": base64.b64encode(init).decode(),
+                }
+                log_path = self._holder.with_suffix(".log")
+                pid = holder.deposit(self._holder, fd, meta, log_path=log_path)
+                log.info("connection held", holder=str(self._holder), pid=pid)
+        except BaseException:
+            os.close(fd)
+            force_unmount(self.mountpoint)
+            raise
+        return fd, init, False
 
     @property
     def no_open(self) -> bool:
@@ -108,20 +177,24 @@ class FuseSession:
         """End ``serve`` (call from the trio thread)."""
         pyfuse3.terminate()
 
-    def close(self) -> None:
-        """Unmount and end the session; a mount libfuse leaves behind is aborted and detached."""
+    def close(self, *, release: bool = False) -> None:
+        """End the session. The mount goes with it, unless ``release`` and a holder keeps
+        the connection for the next session (then readers wait for that one)."""
         global _active
         if not self._open:
             return
         self._open = False
+        keep = release and self._holder is not None
         try:
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=False)  # libfuse mounted nothing: it would unmount nothing
         finally:
             _active = None
             self.fs.mountpoint = None
-            if mounts_at(self.mountpoint):
+            if keep:
+                log.info("mount left to the holder", mountpoint=str(self.mountpoint))
+            else:
                 force_unmount(self.mountpoint)
-            log.info("unmounted", mountpoint=str(self.mountpoint))
+                log.info("unmounted", mountpoint=str(self.mountpoint))
 
     def __enter__(self) -> FuseSession:
         return self
@@ -132,7 +205,9 @@ class FuseSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        # With a holder, the mount outlives the session whatever ended it: the next
+        # session on this mountpoint takes it over.
+        self.close(release=True)
 
     def _raise_read_ahead(self) -> None:
         path = _BDI / f"{self.mount.major}:{self.mount.minor}" / "read_ahead_kb"
@@ -144,11 +219,8 @@ class FuseSession:
 
 
 def _install_no_open() -> bool:
-    extension = pyfuse3.__file__
-    if extension is None:
-        return False
     try:
-        return _noopen.install(extension)
+        return _noopen.install()
     except (OSError, ValueError) as exc:  # an unreadable or odd extension file
         log.warning("no_open mode unavailable", error=str(exc))
         return False

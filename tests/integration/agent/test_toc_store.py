@@ -21,13 +21,18 @@ def _blob_requests(registry: RegistryServer, digests: list[str]) -> int:
     )
 
 
+# A fresh mount at each start (the takeover, which opens the layers before any request, is
+# tested in tests/integration/cri/test_cri_takeover.py).
+NO_HOLDER = ["--no-background-fill", "--no-fuse-holder"]
+
+
 def test_prewarmed_layers_mount_without_requests(
     registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
 ) -> None:
     image = push_estargz(python_image, registry, "lazy/python")
     digests = [layer.digest for layer in image.layers]
     state = tmp_path / "state"
-    agent = agent_factory([registry.host], extra=["--no-background-fill"], state_dir=state)
+    agent = agent_factory([registry.host], extra=NO_HOLDER, state_dir=state)
     for layer in image.layers:  # a prewarm order: TOC and zone, nothing mounted
         body = {"ref": image.ref, "digest": layer.digest, "tocDigest": image.toc(layer)}
         agent.request("POST", "/v1/prefetch", body)
@@ -48,7 +53,7 @@ def test_prewarmed_layers_mount_without_requests(
     data = bytearray(damaged.read_bytes())
     data[-200] ^= 0xFF  # inside the TOC member: bad gzip, or a TOC with another digest
     damaged.write_bytes(bytes(data))
-    again = agent_factory([registry.host], extra=["--no-background-fill"], state_dir=state)
+    again = agent_factory([registry.host], extra=NO_HOLDER, state_dir=state)
     registry.clear_access_log()
     for layer in image.layers:
         again.mount(image.ref, layer.digest, image.toc(layer))

@@ -1,19 +1,21 @@
-"""The agent is SIGKILLed while a container's read waits on it, leaving a dead FUSE mount. A new
-agent on the same socket and state directory cleans the mount up, mounts the remote layers of
-its snapshots again from their stored labels, and a new container from the image containerd
-already pulled starts and reads its files."""
+"""The agent is SIGKILLed while a container's read waits on it. A new agent on the same socket
+and state directory mounts the remote layers of its snapshots again, and a new container from
+the image containerd already pulled starts and reads its files. With the FUSE holder (the
+default) the new agent takes the mount over and the waiting read is answered; without it the
+mount died with the agent, the read fails, and the new agent cleans the dead mount up."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from lazyimage.fusefs import mounts_under
 from lazyimage.snapshotter._proto.cri.runtime.v1 import api_pb2 as api
 
-from tests.fixtures.cri import CRIError, CRINode, CRINodeFactory
+from tests.fixtures.cri import CRIError, CRINode, CRINodeFactory, read_cri_log
 from tests.fixtures.faults import Fault, FaultProxy
 from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
@@ -35,6 +37,10 @@ def _wait_for(what: str, check: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _log_of(sandbox: api.PodSandboxConfig, name: str) -> Path:
+    return Path(sandbox.log_directory) / f"{name}/0.log"
+
+
 def _snapshotter_answers(node: CRINode) -> bool:
     """containerd reaches the snapshotter again (it redials a proxy with a backoff)."""
     try:
@@ -44,7 +50,9 @@ def _snapshotter_answers(node: CRINode) -> bool:
     return True
 
 
+@pytest.mark.parametrize("holder", [True, False], ids=["holder", "no-holder"])
 def test_agent_killed_mid_read_recovers_and_new_containers_start(
+    holder: bool,
     registry: RegistryServer,
     python_image: TestImage,
     agent_factory: Any,
@@ -52,7 +60,7 @@ def test_agent_killed_mid_read_recovers_and_new_containers_start(
 ) -> None:
     converted = read_image(registry, push_estargz(python_image, registry, "cri/python").ref)
     top = converted.layers[-1]
-    extra = ["--no-background-fill"]
+    extra = ["--no-background-fill", "--fuse-holder" if holder else "--no-fuse-holder"]
     # The agent reaches the registry through a proxy that can hold a range read open.
     with FaultProxy(registry.host) as proxy:
         ref = converted.ref.replace(registry.host, proxy.host, 1)
@@ -80,9 +88,15 @@ def test_agent_killed_mid_read_recovers_and_new_containers_start(
 
         restarted = cri_node_factory.restart_agent(agent, [proxy.host], extra=extra)
 
-        # The read failed with the dead connection; the container ended.
         status = node.client.wait_container(reader, 60)
-        assert status.exit_code != 0
+        if holder:
+            # The read in flight was sent again to the new agent, and answered.
+            assert status.exit_code == 0, node.log()
+            lines = [line.text for line in read_cri_log(_log_of(sandbox, "reader"))]
+            assert lines == [f"{BIG_SHA256}  {BIG_FILE}"]
+        else:
+            # The read failed with the dead connection; the container ended.
+            assert status.exit_code != 0
         # One live FUSE mount on the mountpoint: the dead one is gone.
         at = str(restarted.mountpoint)
         fuse = [m for m in mounts_under(at) if m.is_fuse and m.mountpoint == at]

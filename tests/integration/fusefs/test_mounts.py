@@ -10,7 +10,8 @@ import pyfuse3
 import pytest
 from lazyimage.fusefs import force_unmount, inode, mounts_under, split
 from lazyimage.fusefs._inodes import LayerSlots
-from lazyimage.fusefs._noopen import _elf_symbols, install
+from lazyimage.fusefs._libfuse import elf_symbols
+from lazyimage.fusefs._noopen import install
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -51,7 +52,7 @@ def test_slots_are_never_reused() -> None:
 def test_no_open_setup_reads_pyfuse3_symbols_and_refuses_strangers(tmp_path: Path) -> None:
     extension = pyfuse3.__file__
     assert extension is not None
-    found = _elf_symbols(
+    found = elf_symbols(
         extension, {"PyInit_pyfuse3", "__pyx_v_7pyfuse3_session", "__pyx_f_7pyfuse3_fuse_read"}
     )
     assert len(found) == 3
