@@ -8,7 +8,9 @@
     │   ├── NotFoundError          404: no such repository, tag, manifest or blob
     │   ├── AuthError              401 or 403 after every credential was tried
     │   ├── RangeNotSupportedError a ranged GET answered without 206 / Content-Range
+    │   ├── PlainHTTPError         https asked of a registry that speaks plain http
     │   └── UnavailableError       5xx, 429 or connection errors past the retry bound
+    ├── StorageError             a local file could not be written or read (disk full, denied)
     └── ConversionError          converting an image failed; names the image and layer
 
 No class here knows about errno values or gRPC status codes; the layers that speak those
@@ -24,8 +26,10 @@ __all__ = [
     "InvalidReferenceError",
     "LazyImageError",
     "NotFoundError",
+    "PlainHTTPError",
     "RangeNotSupportedError",
     "RegistryError",
+    "StorageError",
     "UnavailableError",
     "VerificationError",
 ]
@@ -80,8 +84,19 @@ class RangeNotSupportedError(RegistryError):
     """A range request was not answered with 206 and a matching Content-Range."""
 
 
+class PlainHTTPError(RegistryError):
+    """The registry answered a TLS handshake in plain http: it needs --insecure-registry.
+
+    Retrying cannot help, so the first such failure ends the operation."""
+
+
 class UnavailableError(RegistryError):
     """The registry kept failing (5xx, 429, connection errors) past the retry bound."""
+
+
+class StorageError(LazyImageError):
+    """A local file or directory could not be written or read: a full disk, a read-only
+    filesystem, no permission. The message names the path; the OSError is the cause."""
 
 
 class ConversionError(LazyImageError):

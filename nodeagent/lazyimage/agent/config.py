@@ -1,4 +1,8 @@
-"""The agent's configuration: command-line flags, each with a LAZYIMAGE_* environment default."""
+"""The agent's configuration: command-line flags, each with a LAZYIMAGE_* environment default.
+
+A bad flag or a bad variable ends the agent before it starts, with a message naming it and
+exit code 2 (argparse's usage error).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazyimage import names
+from lazyimage import envflags, names
 
 __all__ = ["AgentConfig", "build_parser", "parse_config"]
 
@@ -26,7 +30,9 @@ class AgentConfig:
     background_quiet: float  # seconds without on-demand fetches before fill goes on
     stall_timeout: float
     log_level: str
-    control_api: bool = True  # serve the /v1 control API on --listen
+    # The unix socket of the /v1 control API (mount, unmount, prefetch); None: no control API.
+    # It is never served on --listen, which is reachable from the network.
+    control_socket: Path | None = None
     # The Kubernetes node this agent serves; set, the agent follows that node's LazyImageNode
     # and carries out the operator's prefetch orders. Unset, it runs without a control plane.
     node_name: str | None = None
@@ -61,7 +67,11 @@ class AgentConfig:
         return self.state_dir / "mounts.json"
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lazyimage-agent",
         description=(
@@ -69,34 +79,55 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             f"containerd proxy snapshotter {names.SNAPSHOTTER_NAME!r}. Every flag can also be "
             "set through the LAZYIMAGE_* environment variable named after it."
         ),
+        epilog=(
+            "Exit codes: 0 stopped by SIGTERM or SIGINT, 1 internal error, 2 a bad flag or "
+            "LAZYIMAGE_* variable, 7 the system refused (a port in use, a path denied)."
+        ),
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=Path(env.get("LAZYIMAGE_STATE_DIR", names.DEFAULT_STATE_DIR)),
+        default=Path(env.text("LAZYIMAGE_STATE_DIR", names.DEFAULT_STATE_DIR)),
         help="snapshots, chunk cache and metadata (LAZYIMAGE_STATE_DIR)",
     )
     parser.add_argument(
         "--socket",
         type=Path,
-        default=Path(env.get("LAZYIMAGE_SOCKET", names.DEFAULT_SOCKET)),
+        default=Path(env.text("LAZYIMAGE_SOCKET", names.DEFAULT_SOCKET)),
         help="the snapshotter's gRPC unix socket (LAZYIMAGE_SOCKET)",
     )
     parser.add_argument(
         "--listen",
-        default=env.get("LAZYIMAGE_LISTEN", "127.0.0.1:9090"),
+        type=envflags.host_port,
+        default=env("LAZYIMAGE_LISTEN", envflags.host_port, "127.0.0.1:9090"),
         metavar="HOST:PORT",
-        help="/metrics, /healthz, /readyz and the control API (LAZYIMAGE_LISTEN)",
+        help="/metrics, /healthz, /readyz and /status; never the control API (LAZYIMAGE_LISTEN)",
     )
-    docker_config = env.get("LAZYIMAGE_DOCKER_CONFIG")
+    parser.add_argument(
+        "--control-socket",
+        type=Path,
+        default=_path(env.text("LAZYIMAGE_CONTROL_SOCKET")),
+        metavar="PATH",
+        help="serve the /v1 control API (mount, unmount, prefetch) on this unix socket, "
+        "created owner-only (0600); without it there is no control API "
+        "(LAZYIMAGE_CONTROL_SOCKET)",
+    )
+    # Earlier agents served the control API on --listen unless --no-control-api: that flag (and
+    # LAZYIMAGE_CONTROL_API=false) now asks for the default, and asking for it on is refused.
+    parser.add_argument(
+        "--control-api",
+        action=argparse.BooleanOptionalAction,
+        default=env("LAZYIMAGE_CONTROL_API", envflags.boolean, False),
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument(
         "--docker-config",
         type=Path,
-        default=Path(docker_config) if docker_config else None,
+        default=_path(env.text("LAZYIMAGE_DOCKER_CONFIG")),
         metavar="FILE",
         help="registry credentials, docker config.json format (LAZYIMAGE_DOCKER_CONFIG)",
     )
-    insecure = [h for h in env.get("LAZYIMAGE_INSECURE_REGISTRY", "").split(",") if h]
+    insecure = [h.strip() for h in env.text("LAZYIMAGE_INSECURE_REGISTRY").split(",") if h.strip()]
     parser.add_argument(
         "--insecure-registry",
         action="append",
@@ -106,28 +137,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cache-size",
-        type=int,
-        default=int(env.get("LAZYIMAGE_CACHE_SIZE", str(10 << 30))),
+        type=envflags.positive_int,
+        default=env("LAZYIMAGE_CACHE_SIZE", envflags.positive_int, 10 << 30),
         metavar="BYTES",
         help="upper bound of the on-disk chunk cache (LAZYIMAGE_CACHE_SIZE)",
     )
     parser.add_argument(
         "--prefetch-bandwidth",
-        type=int,
-        default=int(env.get("LAZYIMAGE_PREFETCH_BANDWIDTH", "0")),
+        type=envflags.non_negative_int,
+        default=env("LAZYIMAGE_PREFETCH_BANDWIDTH", envflags.non_negative_int, 0),
         metavar="BYTES_PER_S",
         help="cap on prefetch and background fill, 0 for none (LAZYIMAGE_PREFETCH_BANDWIDTH)",
     )
     parser.add_argument(
         "--background-fill",
         action=argparse.BooleanOptionalAction,
-        default=env.get("LAZYIMAGE_BACKGROUND_FILL", "true").lower() not in ("0", "false", "no"),
+        default=env("LAZYIMAGE_BACKGROUND_FILL", envflags.boolean, True),
         help="fetch the rest of each layer in the background (LAZYIMAGE_BACKGROUND_FILL)",
     )
     parser.add_argument(
         "--background-quiet",
-        type=float,
-        default=float(env.get("LAZYIMAGE_BACKGROUND_QUIET", "2.0")),
+        type=envflags.non_negative_float,
+        default=env("LAZYIMAGE_BACKGROUND_QUIET", envflags.non_negative_float, 2.0),
         metavar="SECONDS",
         help="background fill starts this long after a layer's prefetch, and pauses until "
         "on-demand fetches were idle this long, so it stays out of a starting container's "
@@ -135,23 +166,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stall-timeout",
-        type=float,
-        default=float(env.get("LAZYIMAGE_STALL_TIMEOUT", "2.0")),
+        type=envflags.positive_float,
+        default=env("LAZYIMAGE_STALL_TIMEOUT", envflags.positive_float, 2.0),
         metavar="SECONDS",
         help="abandon and retry a range request that makes no progress (LAZYIMAGE_STALL_TIMEOUT)",
     )
     parser.add_argument(
-        "--control-api",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("LAZYIMAGE_CONTROL_API", "true").lower() not in ("0", "false", "no"),
-        help="serve the /v1 control API (mount, unmount, prefetch) on --listen; it has no "
-        "authentication, so turn it off where the port is reachable from other pods "
-        "(LAZYIMAGE_CONTROL_API)",
-    )
-    parser.add_argument(
         "--fuse-holder",
         action=argparse.BooleanOptionalAction,
-        default=env.get("LAZYIMAGE_FUSE_HOLDER", "true").lower() not in ("0", "false", "no"),
+        default=env("LAZYIMAGE_FUSE_HOLDER", envflags.boolean, True),
         help="keep the FUSE connection in a small holder process, so that an agent started "
         "again after a crash, a stop or an upgrade takes the mount over and running "
         "containers only pause; without it the mount ends with the agent "
@@ -159,42 +182,43 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--node-name",
-        default=env.get("LAZYIMAGE_NODE_NAME") or None,
+        default=env.text("LAZYIMAGE_NODE_NAME") or None,
         metavar="NODE",
         help="follow this node's LazyImageNode and carry out its prefetch orders; set it "
         "from the pod's spec.nodeName (LAZYIMAGE_NODE_NAME)",
     )
-    kubeconfig = env.get("LAZYIMAGE_KUBECONFIG")
     parser.add_argument(
         "--kubeconfig",
         type=Path,
-        default=Path(kubeconfig) if kubeconfig else None,
+        default=_path(env.text("LAZYIMAGE_KUBECONFIG")),
         metavar="FILE",
         help="API server credentials for --node-name; default: the pod's service account, "
         "else $KUBECONFIG (LAZYIMAGE_KUBECONFIG)",
     )
     parser.add_argument(
         "--report-interval",
-        type=float,
-        default=float(env.get("LAZYIMAGE_REPORT_INTERVAL", "30")),
+        type=envflags.positive_float,
+        default=env("LAZYIMAGE_REPORT_INTERVAL", envflags.positive_float, 30.0),
         metavar="SECONDS",
         help="with --node-name: report the heartbeat and cache hits at least this often; "
         "finished prefetches are reported at once (LAZYIMAGE_REPORT_INTERVAL)",
     )
     parser.add_argument(
         "--profile-window",
-        type=float,
-        default=float(env.get("LAZYIMAGE_PROFILE_WINDOW", "15")),
+        type=envflags.non_negative_float,
+        default=env("LAZYIMAGE_PROFILE_WINDOW", envflags.non_negative_float, 15.0),
         metavar="SECONDS",
         help="with --node-name: report the files each image's containers read in their first "
         "SECONDS as the image's learned startup profile; 0 turns it off "
         "(LAZYIMAGE_PROFILE_WINDOW)",
     )
+    levels = ("debug", "info", "warning", "error")
     parser.add_argument(
         "--log-level",
-        default=env.get("LAZYIMAGE_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="(LAZYIMAGE_LOG_LEVEL)",
+        type=envflags.choice(*levels),
+        default=env("LAZYIMAGE_LOG_LEVEL", envflags.choice(*levels), "info"),
+        metavar="LEVEL",
+        help=f"{', '.join(levels)} (LAZYIMAGE_LOG_LEVEL)",
     )
     return parser
 
@@ -202,7 +226,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> AgentConfig:
-    args = build_parser(os.environ if env is None else env).parse_args(argv)
+    """The agent's configuration; a bad flag or variable exits with code 2 and its name."""
+    defaults = envflags.EnvDefaults(os.environ if env is None else env)
+    parser = build_parser(defaults)
+    args = parser.parse_args(argv)
+    if defaults.problems:
+        parser.error("; ".join(defaults.problems))
+    if args.control_api:
+        parser.error(
+            "--control-api (LAZYIMAGE_CONTROL_API) is gone: the control API is never served on "
+            "--listen; use --control-socket PATH (LAZYIMAGE_CONTROL_SOCKET)"
+        )
+    if args.control_socket is not None and args.control_socket == args.socket:
+        parser.error("--control-socket must not be the snapshotter's --socket")
     return AgentConfig(
         state_dir=args.state_dir,
         socket=args.socket,
@@ -215,7 +251,7 @@ def parse_config(
         background_quiet=args.background_quiet,
         stall_timeout=args.stall_timeout,
         log_level=args.log_level,
-        control_api=args.control_api,
+        control_socket=args.control_socket,
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
         report_interval=args.report_interval,

@@ -1,9 +1,14 @@
-"""The agent's HTTP endpoint: /metrics, /healthz, /readyz, /status and the control API.
+"""The agent's HTTP endpoints: /metrics, /healthz, /readyz and /status on a TCP port, and the
+control API on a unix socket.
 
-It runs in its own thread (http.server), so metrics and health stay answerable however busy
-the trio loop is; control calls cross into trio with ``trio.from_thread.run``.
+The control API can mount, unmount and fetch, and has no authentication of its own, so it is
+never served on the TCP port (reachable from the network, in a cluster from other pods): only
+on a unix socket made owner-only (0600) before it listens, whose peers must be root or the
+agent's own user. Each server runs in its own threads (http.server), so metrics and health
+stay answerable however busy the trio loop is; control calls cross into trio with
+``trio.from_thread.run``.
 
-Control API (JSON):
+Control API (JSON, on the unix socket):
     POST   /v1/layers                {"ref", "digest", "tocDigest", "size"?, "background"?}
     GET    /v1/layers                -> the mounted layers
     DELETE /v1/layers/NAME
@@ -13,11 +18,18 @@ Control API (JSON):
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
+import socketserver
+import stat
+import struct
 import threading
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -26,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lazyimage import errors, metrics
 
-__all__ = ["AgentHTTPServer", "ControlAPI", "RequestError"]
+__all__ = ["AgentHTTPServer", "ControlAPI", "ControlSocketServer", "RequestError"]
 
 log = structlog.get_logger(__name__)
 _MAX_BODY = 1 << 20
@@ -70,98 +82,114 @@ def _status_for(exc: BaseException) -> HTTPStatus:
     return HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class ControlSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An HTTP server on a unix socket that only its owner (and root) can use."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.path = path
+        _clear_stale_socket(path)
+        super().__init__(str(path), handler)
+
+    def server_bind(self) -> None:
+        # Owner-only before listen(): until then no one can connect, so there is no window
+        # in which the socket is open to others.
+        self.socket.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Mode 0600 already keeps others out; the peer check holds even if it is loosened.
+        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid in (0, os.geteuid()):
+            return True
+        log.warning("control_connection_refused", uid=uid, socket=str(self.path))
+        return False
+
+    def server_close(self) -> None:
+        super().server_close()
+        try:
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by an earlier agent; refuse a live one or anything else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(
+            errno.EEXIST, "--control-socket exists and is not a socket", str(path)
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            return
+    raise OSError(errno.EADDRINUSE, "--control-socket is in use by another process", str(path))
+
+
 class AgentHTTPServer:
+    """/metrics, /healthz, /readyz and /status on ``listen``; with ``control_socket``, the
+    control API on that unix socket (and nowhere else)."""
+
     def __init__(
         self,
         listen: str,
         api: ControlAPI,
         trio_token: trio.lowlevel.TrioToken,
         *,
-        control: bool = True,
+        control_socket: Path | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {listen!r} is not HOST:PORT")
         self._host = host
         self._api = api
-        self._control = control
         self._token = trio_token
-        handler = self._handler_class()
-        self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="agent-http", daemon=True
+        self._public = ThreadingHTTPServer(
+            (host.strip("[]"), int(port)), _handler_class(self._route_public)
         )
+        self._public.daemon_threads = True
+        self._servers: list[socketserver.BaseServer] = [self._public]
+        if control_socket is not None:
+            try:
+                control = ControlSocketServer(control_socket, _handler_class(self._route_control))
+            except BaseException:
+                self._public.server_close()
+                raise
+            self._servers.append(control)
+        self._threads = [
+            threading.Thread(target=server.serve_forever, name=f"agent-http-{i}", daemon=True)
+            for i, server in enumerate(self._servers)
+        ]
 
     @property
     def address(self) -> str:
-        return f"{self._host}:{self._server.server_port}"
+        return f"{self._host}:{self._public.server_port}"
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        for server, thread in zip(self._servers, self._threads, strict=True):
+            if thread.is_alive():
+                server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
     def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         return trio.from_thread.run(fn, trio_token=self._token)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "lazyimage-agent"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # requests are not logged one by one; metrics cover them
-
-            def do_GET(self) -> None:
-                self._dispatch("GET")
-
-            def do_POST(self) -> None:
-                self._dispatch("POST")
-
-            def do_DELETE(self) -> None:
-                self._dispatch("DELETE")
-
-            def _dispatch(self, method: str) -> None:
-                try:
-                    outer._route(self, method)
-                except Exception as exc:
-                    status = _status_for(exc)
-                    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
-                        log.exception("control_request_failed", path=self.path)
-                    self.send_json(status, {"error": str(exc)})
-
-            def body(self) -> dict[str, Any]:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > _MAX_BODY:
-                    raise RequestError("request body too large")
-                try:
-                    doc = json.loads(self.rfile.read(length) or b"{}")
-                except ValueError as exc:
-                    raise RequestError(f"request body is not JSON: {exc}") from exc
-                if not isinstance(doc, dict):
-                    raise RequestError("request body is not a JSON object")
-                return doc
-
-            def send_json(self, status: HTTPStatus, doc: Any) -> None:
-                self.send_bytes(status, json.dumps(doc).encode(), "application/json")
-
-            def send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
-
-    def _route(self, h: Any, method: str) -> None:
-        path = h.path.split("?", 1)[0].rstrip("/") or "/"
-        parts = path.strip("/").split("/")
+    def _route_public(self, h: Any, method: str, path: str) -> None:
         api = self._api
         if method == "GET" and path == "/metrics":
             h.send_bytes(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
@@ -173,15 +201,19 @@ class AgentHTTPServer:
             h.send_bytes(status, b"ready\n" if ready else b"not ready\n", "text/plain")
         elif method == "GET" and path == "/status":
             h.send_json(HTTPStatus.OK, api.status())
-        elif parts[0] == "v1" and not self._control:
-            # The port also serves probes and metrics, so it is reachable from the cluster;
-            # nothing there may mount, unmount or fetch unless the control API is asked for.
+        elif path == "/v1" or path.startswith("/v1/"):
             raise RequestError(
-                "the control API is off (--no-control-api); prefetch orders come through the "
-                "node's LazyImageNode",
-                HTTPStatus.FORBIDDEN,
+                "the control API is not served on this port, which the network can reach; the "
+                "agent serves it only on the unix socket given by --control-socket",
+                HTTPStatus.NOT_FOUND,
             )
-        elif parts[:2] == ["v1", "layers"] and len(parts) == 2:
+        else:
+            raise RequestError(f"no route {method} {path}", HTTPStatus.NOT_FOUND)
+
+    def _route_control(self, h: Any, method: str, path: str) -> None:
+        parts = path.strip("/").split("/")
+        api = self._api
+        if parts[:2] == ["v1", "layers"] and len(parts) == 2:
             if method == "POST":
                 request = h.body()
                 h.send_json(HTTPStatus.CREATED, self._call(lambda: api.mount_layer(request)))
@@ -199,3 +231,57 @@ class AgentHTTPServer:
             h.send_json(HTTPStatus.OK, self._call(lambda: api.prefetch(request)))
         else:
             raise RequestError(f"no route {method} {path}", HTTPStatus.NOT_FOUND)
+
+
+Route = Callable[[Any, str, str], None]
+
+
+def _handler_class(route: Route) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "lazyimage-agent"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # requests are not logged one by one; metrics cover them
+
+        def do_GET(self) -> None:
+            self._dispatch("GET")
+
+        def do_POST(self) -> None:
+            self._dispatch("POST")
+
+        def do_DELETE(self) -> None:
+            self._dispatch("DELETE")
+
+        def _dispatch(self, method: str) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/") or "/"
+            try:
+                route(self, method, path)
+            except Exception as exc:
+                status = _status_for(exc)
+                if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+                    log.exception("control_request_failed", path=self.path)
+                self.send_json(status, {"error": str(exc)})
+
+        def body(self) -> dict[str, Any]:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > _MAX_BODY:
+                raise RequestError("request body too large")
+            try:
+                doc = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError as exc:
+                raise RequestError(f"request body is not JSON: {exc}") from exc
+            if not isinstance(doc, dict):
+                raise RequestError("request body is not a JSON object")
+            return doc
+
+        def send_json(self, status: HTTPStatus, doc: Any) -> None:
+            self.send_bytes(status, json.dumps(doc).encode(), "application/json")
+
+        def send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import structlog
 import trio
 
-from lazyimage import errors, metrics
+from lazyimage import errors, exitcodes, metrics
 from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
@@ -82,7 +82,9 @@ async def serve(config: AgentConfig) -> None:
                 await manager.clear_book()
             token = trio.lowlevel.current_trio_token()
             control = AgentControl(manager, cache, str(config.mountpoint))
-            http = AgentHTTPServer(config.listen, control, token, control=config.control_api)
+            http = AgentHTTPServer(
+                config.listen, control, token, control_socket=config.control_socket
+            )
             await nursery.start(session.serve)
             http.start()
             snapshotter = Snapshotter(config.snapshotter_dir, remote=AgentRemoteFS(manager, token))
@@ -183,15 +185,20 @@ class _SecretReader:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
+    """Run the agent; the exit code says how it ended (README, "The node agent")."""
+    config = parse_config(argv)  # a bad flag or LAZYIMAGE_* variable exits here with 2
     configure_logging(config.log_level)
     try:
         trio.run(serve, config)
-    except OSError as exc:
-        log.error("agent_failed", error=str(exc))
-        return 1
+    except Exception as exc:  # the last line of defence: a message, never a bare traceback
+        code = exitcodes.exit_code_for(exc)
+        if code == exitcodes.INTERNAL:
+            log.exception("agent_failed")
+        else:
+            log.error("agent_failed", error=exitcodes.error_message(exc), exit_code=code)
+        return code
     log.info("agent_stopped")
-    return 0
+    return exitcodes.OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The ``lazyimage`` command: convert images to eStargz, inspect and copy them.
 
-Exit codes: 0 success, 1 internal error, 2 usage, 3 not found, 4 authentication,
-5 registry unavailable, 6 corrupt or invalid image data, 7 other failure.
+Exit codes (lazyimage.exitcodes): 0 success, 1 internal error, 2 usage, 3 not found,
+4 authentication, 5 registry unavailable, 6 corrupt or invalid image data, 7 other failure.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import TextIO
 
 import anyio
 
-from lazyimage import __version__, names
-from lazyimage.cli import _exitcodes
+from lazyimage import __version__, envflags, exitcodes, names
 from lazyimage.cli._commands import run_convert, run_copy, run_inspect
 
 __all__ = ["build_parser", "main"]
@@ -48,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Images are registry references (HOST[:PORT]/REPO[:TAG|@DIGEST]) or OCI layout "
             "directories (oci:DIR[:TAG]). Credentials come from $DOCKER_CONFIG/config.json or "
             "~/.docker/config.json. Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, "
-            "4 authentication, 5 registry unavailable, 6 corrupt or invalid data, 7 other."
+            "4 authentication, 5 registry unavailable, 6 corrupt or invalid data, 7 other. "
+            "LAZYIMAGE_DEBUG=1 prints tracebacks."
         ),
     )
     parser.add_argument("--version", action="version", version=f"lazyimage {__version__}")
@@ -117,6 +117,10 @@ _COMMANDS: dict[str, Command] = {"convert": run_convert, "copy": run_copy, "insp
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    env = envflags.EnvDefaults(os.environ)
+    debug = env("LAZYIMAGE_DEBUG", envflags.boolean, False)
+    if env.problems:
+        parser.error("; ".join(env.problems))
     command = _COMMANDS[args.command]
     try:
         anyio.run(command, args, sys.stdout, sys.stderr)
@@ -124,12 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lazyimage: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: a message, never a traceback
-        code = _exitcodes.exit_code_for(exc)
-        if code == _exitcodes.INTERNAL or os.environ.get("LAZYIMAGE_DEBUG"):
+        code = exitcodes.exit_code_for(exc)
+        if code == exitcodes.INTERNAL or debug:
             traceback.print_exc()
-        print(f"lazyimage {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lazyimage {args.command}: error: {exitcodes.error_message(exc)}", file=sys.stderr)
         return code
-    return _exitcodes.OK
+    return exitcodes.OK
 
 
 if __name__ == "__main__":

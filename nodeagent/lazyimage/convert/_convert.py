@@ -11,7 +11,7 @@ import anyio
 
 from lazyimage import names
 from lazyimage.convert._store import ImageStore, RootManifest
-from lazyimage.errors import ConversionError, LazyImageError, NotFoundError
+from lazyimage.errors import ConversionError, LazyImageError, NotFoundError, StorageError
 from lazyimage.estargz import BuildOptions, BuildResult, build
 from lazyimage.oci import (
     OCI_CONFIG,
@@ -219,6 +219,19 @@ class _Job:
             raise
         except LazyImageError as exc:
             raise ConversionError(str(exc), image=self.source.name, layer=layer.digest) from exc
+        except OSError as exc:
+            # A target store names itself; this is the layer's work in the temp dir, or a
+            # source layout's file.
+            raise ConversionError(
+                self._os_failure(exc), image=self.source.name, layer=layer.digest
+            ) from StorageError(str(exc))
+
+    def _os_failure(self, exc: OSError) -> str:
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        if paths:
+            return f"{' -> '.join(paths)}: {exc.strerror or exc}"
+        where = self.opts.tmp_dir or tempfile.gettempdir()
+        return f"working files under {where}: {exc.strerror or exc} (TMPDIR sets where they go)"
 
     async def _keep_layer(self, index: int, layer: Descriptor, diff_id: str) -> LayerReport:
         """An eStargz layer already: copy it if the target lacks it, keep its descriptor."""

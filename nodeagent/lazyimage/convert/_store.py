@@ -7,13 +7,15 @@ anything else a registry reference (``HOST[:PORT]/REPO[:TAG|@DIGEST]``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 
-from lazyimage.errors import InvalidReferenceError, NotFoundError
+from lazyimage.errors import InvalidReferenceError, NotFoundError, StorageError
 from lazyimage.oci import INDEX_TYPES, Descriptor, OCILayout, copy_verified, sha256_digest
 from lazyimage.registry import Reference, RegistryClient
 
@@ -152,11 +154,26 @@ class RegistryStore:
 
 
 class LayoutStore:
+    """An OCI layout directory. A write the filesystem refuses (full, read-only, denied) is a
+    StorageError naming the layout; the layout's writes are atomic, so it leaves no torn file
+    and index.json as it was."""
+
     def __init__(self, location: LayoutLocation, *, create: bool = False) -> None:
         self._location = location
-        self._layout = OCILayout.create(location.path) if create else OCILayout(location.path)
+        if create:
+            with self._storing("cannot create the layout"):
+                self._layout = OCILayout.create(location.path)
+        else:
+            self._layout = OCILayout(location.path)
         if not create and not self._layout.exists():
             raise NotFoundError(f"{location.path} is not an OCI layout directory")
+
+    @contextmanager
+    def _storing(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StorageError(f"{self.name}: {what}: {exc.strerror or exc}") from exc
 
     @property
     def name(self) -> str:
@@ -191,14 +208,18 @@ class LayoutStore:
         return self._layout.has_blob(digest)
 
     async def put_blob_file(self, path: Path, digest: str, size: int) -> None:
-        await anyio.to_thread.run_sync(self._layout.import_blob_file, path, digest)
+        with self._storing(f"cannot store blob {digest}"):
+            await anyio.to_thread.run_sync(self._layout.import_blob_file, path, digest)
 
     async def put_blob(self, data: bytes) -> str:
-        return self._layout.write_blob(data)
+        with self._storing("cannot store a blob"):
+            return self._layout.write_blob(data)
 
     async def put_manifest(self, data: bytes, media_type: str, *, tag: bool) -> str:
-        digest = self._layout.write_blob(data)
+        with self._storing("cannot store the manifest"):
+            digest = self._layout.write_blob(data)
         desc = Descriptor(media_type, digest, len(data))
         name = (self._location.tag or "latest") if tag else ""
-        self._layout.set_tag(desc, name)
+        with self._storing("cannot update index.json"):
+            self._layout.set_tag(desc, name)
         return digest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from lazyimage.errors import (
     FormatError,
     InvalidReferenceError,
     NotFoundError,
+    PlainHTTPError,
     RangeNotSupportedError,
     RegistryError,
     UnavailableError,
@@ -69,6 +71,7 @@ _CHUNK = 1 << 20
 _LOCATION_CACHE_SIZE = 4096
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 _IDENTITY = {"Accept-Encoding": "identity"}
+_PLAIN_HTTP_PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,22 @@ def _blob_op(ref: Reference, digest: str, what: str) -> _Op:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _tls_handshake_failure(exc: BaseException) -> bool:
+    """Whether an ssl.SSLError, other than an untrusted certificate, lies behind ``exc``.
+
+    httpx raises ConnectError from httpcore's, which comes from the SSLError itself (asyncio)
+    or from trio's BrokenResourceError around it.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; the bound guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return not isinstance(seen, ssl.SSLCertVerificationError)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -745,6 +764,12 @@ class RegistryClient:
                 except _Retryable as exc:
                     cause, retry_after, last = exc.cause, exc.retry_after, exc
                 except httpx.TransportError as exc:
+                    if await self._speaks_plain_http(endpoint, exc):
+                        raise op.error(
+                            PlainHTTPError,
+                            f"{endpoint.host} speaks plain http, not https; "
+                            f"pass --insecure-registry {endpoint.host}",
+                        ) from exc
                     cause, retry_after, last = _describe(exc), None, exc
                 except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
                     raise op.error(RegistryError, _describe(exc)) from exc
@@ -769,6 +794,24 @@ class RegistryClient:
             f"{cause} (gave up after {attempts} attempt{'s' if attempts > 1 else ''} "
             f"in {state.elapsed:.1f} s)",
         ) from last
+
+    async def _speaks_plain_http(self, endpoint: _Endpoint, exc: httpx.TransportError) -> bool:
+        """Whether a failed TLS handshake was answered by a plain-http server.
+
+        No retry can mend that, so one plain GET /v2/ settles it: any HTTP answer means the
+        host wants ``--insecure-registry``. Other TLS failures (a certificate not trusted)
+        and other connection errors are left to the retry policy.
+        """
+        if endpoint.base.scheme != "https" or not isinstance(exc, httpx.ConnectError):
+            return False
+        if not _tls_handshake_failure(exc):
+            return False
+        probe = endpoint.base.copy_with(scheme="http", path="/v2/")
+        try:
+            await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return True
 
     @asynccontextmanager
     async def _open(

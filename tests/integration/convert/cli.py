@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["CliResult", "lazyimage"]
@@ -16,9 +17,15 @@ class CliResult:
     err: str
 
 
-def lazyimage(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> CliResult:
+def lazyimage(
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> CliResult:
+    """``prefix`` runs the command under another, such as ``setpriv`` with fewer rights."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lazyimage.cli", *args],
+        [*prefix, sys.executable, "-m", "lazyimage.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,23 @@ def test_an_unreachable_registry(tmp_path: Path) -> None:
     result = lazyimage("inspect", "127.0.0.1:9/x/y:1", "--insecure-registry", "127.0.0.1:9")
     assert result.code == 5
     assert "127.0.0.1:9" in result.err
+    _no_traceback(result.err)
+
+
+def test_a_plain_http_registry_without_insecure_registry(registry: RegistryServer) -> None:
+    result = lazyimage("inspect", f"{registry.host}/demo/busybox:1")
+    assert result.code == 2, result.err
+    assert f"{registry.host} speaks plain http" in result.err
+    assert f"pass --insecure-registry {registry.host}" in result.err
+    assert "attempts" not in result.err  # named at once, not after the retries
+    _no_traceback(result.err)
+
+
+def test_a_bad_lazyimage_variable() -> None:
+    env = {**os.environ, "LAZYIMAGE_DEBUG": "maybe"}
+    result = lazyimage("inspect", "127.0.0.1:9/x/y:1", env=env)
+    assert result.code == 2
+    assert "LAZYIMAGE_DEBUG='maybe'" in result.err and "expected one of" in result.err
     _no_traceback(result.err)
 
 

@@ -76,6 +76,8 @@ def test_renders_both_components(helm: Helm) -> None:
     assert env["LAZYIMAGE_STATE_DIR"]["value"] == "/var/lib/lazyimage"
     assert env["LAZYIMAGE_SOCKET"]["value"] == "/run/lazyimage/snapshotter.sock"
     assert env["LAZYIMAGE_CACHE_SIZE"]["value"] == str(10 << 30)
+    # No control API: the agent serves none unless given a socket, and the chart gives none.
+    assert not [name for name in env if "CONTROL" in name]
     assert agent["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -197,6 +199,8 @@ def test_agent_options(helm: Helm) -> None:
             "imagePullSecrets={pull-me}",
             "--set",
             "image.tag=dev",
+            "--set",
+            "agent.controlApi=true",
         )
     )
     pod = _one(objects, "DaemonSet")["spec"]["template"]["spec"]
@@ -209,6 +213,9 @@ def test_agent_options(helm: Helm) -> None:
     assert env["LAZYIMAGE_INSECURE_REGISTRY"] == "127.0.0.1:5000,mirror.local:5000"
     assert env["LAZYIMAGE_CACHE_SIZE"] == "1073741824"
     assert env["LAZYIMAGE_DOCKER_CONFIG"] == "/etc/lazyimage/registry/config.json"
+    # On the node, in the run directory shared with it; never on the port.
+    assert env["LAZYIMAGE_CONTROL_SOCKET"] == "/run/lazyimage/control.sock"
+    assert env["LAZYIMAGE_LISTEN"] == "0.0.0.0:9090"
     (volume,) = [v for v in pod["volumes"] if v["name"] == "registry-credentials"]
     assert volume["secret"]["secretName"] == "registry-login"
 

@@ -6,8 +6,8 @@ import argparse
 import io
 
 import pytest
-from lazyimage import errors
-from lazyimage.cli import _exitcodes, _size, build_parser
+from lazyimage import errors, exitcodes
+from lazyimage.cli import _size, build_parser
 from lazyimage.cli._progress import ConvertProgress, format_bytes
 
 pytestmark = pytest.mark.timeout(30)
@@ -71,25 +71,40 @@ def test_platform_and_all_platforms_exclude_each_other() -> None:
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (errors.NotFoundError("x"), _exitcodes.NOT_FOUND),
-        (errors.AuthError("x"), _exitcodes.AUTH),
-        (errors.UnavailableError("x"), _exitcodes.UNAVAILABLE),
-        (errors.FormatError("x"), _exitcodes.BAD_DATA),
-        (errors.VerificationError("x"), _exitcodes.BAD_DATA),
-        (errors.InvalidReferenceError("x"), _exitcodes.USAGE),
-        (errors.ConversionError("x"), _exitcodes.FAILED),
-        (RuntimeError("bug"), _exitcodes.INTERNAL),
+        (errors.NotFoundError("x"), exitcodes.NOT_FOUND),
+        (errors.AuthError("x"), exitcodes.AUTH),
+        (errors.UnavailableError("x"), exitcodes.UNAVAILABLE),
+        (errors.FormatError("x"), exitcodes.BAD_DATA),
+        (errors.VerificationError("x"), exitcodes.BAD_DATA),
+        (errors.InvalidReferenceError("x"), exitcodes.USAGE),
+        (errors.ConversionError("x"), exitcodes.FAILED),
+        (errors.PlainHTTPError("x"), exitcodes.USAGE),
+        (errors.StorageError("x"), exitcodes.FAILED),
+        (OSError(28, "No space left on device"), exitcodes.FAILED),
+        (ExceptionGroup("one", [OSError(98, "Address already in use")]), exitcodes.FAILED),
+        (ExceptionGroup("two", [OSError(98, "x"), RuntimeError("y")]), exitcodes.INTERNAL),
+        (RuntimeError("bug"), exitcodes.INTERNAL),
     ],
 )
 def test_exit_codes(error: BaseException, code: int) -> None:
-    assert _exitcodes.exit_code_for(error) == code
+    assert exitcodes.exit_code_for(error) == code
 
 
 def test_exit_code_looks_through_a_conversion_error() -> None:
     wrapped = errors.ConversionError("layer failed", image="i", layer="l")
     wrapped.__cause__ = errors.AuthError("denied")
-    assert _exitcodes.exit_code_for(wrapped) == _exitcodes.AUTH
+    assert exitcodes.exit_code_for(wrapped) == exitcodes.AUTH
     assert str(wrapped).startswith("image i, layer l: ")
+
+
+def test_error_messages_of_system_errors_name_the_path() -> None:
+    full = OSError(28, "No space left on device", "/out/blobs/sha256/x")
+    assert exitcodes.error_message(full) == "/out/blobs/sha256/x: No space left on device"
+    copy = OSError(13, "Permission denied", "/a", None, "/b")
+    assert exitcodes.error_message(copy) == "/a -> /b: Permission denied"
+    grouped = ExceptionGroup("g", [OSError(98, "Address already in use")])
+    assert exitcodes.error_message(grouped) == "Address already in use"
+    assert exitcodes.error_message(errors.NotFoundError("gone")) == "gone"
 
 
 def test_progress_draws_on_a_terminal_only() -> None:
