@@ -96,6 +96,7 @@ class FuseSession:
             raise
         _active = self
         self._open = True
+        self._served = False
         try:
             # libfuse answers INIT from the saved request; for a mount taken over, the
             # kernel ignores that answer and keeps the first agent's.
@@ -171,6 +172,7 @@ class FuseSession:
             # The loop just started answers INIT; a stat waits for that answer.
             await trio.to_thread.run_sync(os.stat, self.mountpoint, abandon_on_cancel=True)
             self._raise_read_ahead()
+            self._served = True
             task_status.started()
 
     def terminate(self) -> None:
@@ -179,12 +181,14 @@ class FuseSession:
 
     def close(self, *, release: bool = False) -> None:
         """End the session. The mount goes with it, unless ``release`` and a holder keeps
-        the connection for the next session (then readers wait for that one)."""
+        the connection for the next session (then readers wait for that one); a mount this
+        session made but never served always goes."""
         global _active
         if not self._open:
             return
         self._open = False
-        keep = release and self._holder is not None
+        # A fresh mount that never served anything is not worth keeping for anyone.
+        keep = release and self._holder is not None and (self.adopted or self._served)
         try:
             pyfuse3.close(unmount=False)  # libfuse mounted nothing: it would unmount nothing
         finally:
