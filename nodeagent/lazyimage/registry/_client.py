@@ -745,7 +745,8 @@ class RegistryClient:
         """Attempts under ``policy``. With ``bounded`` the whole operation is also cut off at
         ``total_timeout``; without (whole-blob transfers, whose time grows with their size)
         only new attempts stop then."""
-        state = RetryState(policy)
+        # The event loop's clock, the one the deadline and the backoff sleeps use.
+        state = RetryState(policy, clock=anyio.current_time)
         cause = "none"
         last: BaseException | None = None
         replayed = False

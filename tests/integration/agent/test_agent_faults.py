@@ -1,15 +1,20 @@
 """The agent under bad conditions: forged chunks, a registry that stops, faults on every
-kind of read, concurrent readers, a full or small cache, and a restart."""
+kind of read, concurrent readers, a full or small cache, and a restart.
+
+None asserts how long a read took: a loaded machine stretches it. They check what the
+container saw, what the agent counted and logged, and what reached the registry; the exact
+timeouts and backoff are asserted on a virtual clock in tests/unit/fetch and
+tests/unit/registry."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
 import itertools
+import math
 import re
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,21 @@ def _probe(root: Path) -> subprocess.CompletedProcess[str]:
         ["chroot", str(root), "/usr/bin/python3", "-c", PYTHON_PROBE_CODE],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _range_length(header: str | None) -> int:
+    """Bytes asked by a ``Range: bytes=first-last`` header."""
+    match = re.fullmatch(r"bytes=(\d+)-(\d+)", header or "")
+    assert match is not None, header
+    return int(match[2]) - int(match[1]) + 1
+
+
+def _retries(agent: AgentProcess) -> float:
+    return sum(
+        value
+        for series, value in agent.metrics().items()
+        if series.startswith("lazyimage_fetch_retries_total{")
+    )
 
 
 def _demand_bytes(agent: AgentProcess) -> float:
@@ -117,15 +137,14 @@ def test_a_registry_that_stops_during_reads(
     registry.stop()
     restarted = threading.Timer(1.5, registry.start)
     restarted.start()
-    started = time.monotonic()
     try:
         done = _probe(merged)
     finally:
         restarted.join()
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
-    assert elapsed < 30, elapsed
+    # The reads met the outage, retried, and were served once the registry was back.
+    assert _retries(agent) > 0
 
 
 def test_a_registry_that_stays_down_gives_eio_within_the_bound(
@@ -135,12 +154,14 @@ def test_a_registry_that_stays_down_gives_eio_within_the_bound(
     agent = agent_factory([registry.host], extra=["--no-background-fill"])
     layer_dir = _mount_all(agent, image)[1]
     registry.stop()
-    started = time.monotonic()
+    # The read ends (by the 30 s demand deadline; the kernel retries a failed read once)
+    # instead of hanging: the test's timeout is the only bound it needs here.
     with pytest.raises(OSError) as failure:
         (layer_dir / JSON_DECODER).read_bytes()
     assert failure.value.errno == 5
-    # The default demand deadline is 30 s; the kernel retries a failed read once.
-    assert time.monotonic() - started < 75
+    failures = [e for e in agent.log_events() if e.get("event") == "read failed"]
+    assert failures and {e["file"] for e in failures} == {JSON_DECODER}
+    assert all("UnavailableError" in str(e["error"]) for e in failures)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +170,7 @@ def test_a_registry_that_stays_down_gives_eio_within_the_bound(
         Fault.status(503),
         Fault.reset(),
         Fault.truncate(100),
-        Fault.stall(8.0),
+        Fault.stall(math.inf),  # never ends: only the agent's stall timeout can cut it
     ],
     ids=["503", "reset", "cut-short", "stall"],
 )
@@ -167,15 +188,22 @@ def test_faults_on_footer_toc_and_chunk_reads(
         rules = [proxy.add(fault, method="GET", path=blob_gets, nth=n) for n in (1, 4, 7)]
         agent = agent_factory([proxy.host], extra=["--no-background-fill", "--stall-timeout", "1"])
         ref = image.ref.replace(registry.host, proxy.host)
-        started = time.monotonic()
         merged = overlay(list(reversed(_mount_all(agent, image, ref))), tmp_path / "merged")
         done = _probe(merged)
-        elapsed = time.monotonic() - started
+        gets = [r for r in proxy.requests if r.method == "GET" and re.search(blob_gets, r.path)]
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
     assert all(rule.applied == 1 for rule in rules)
-    # A stall costs about the stall timeout, not the fault's 8 s (or the connection timeout).
-    assert elapsed < 20, elapsed
+    # Each request the fault broke was given up and asked again: the same range of the
+    # same blob came back later (a stall never ends by itself, so the agent cut it). A
+    # body shorter than a truncation's cut is not broken by it.
+    faulty = [r for r in gets if r.fault is not None]
+    assert len(faulty) == 3
+    for request in faulty:
+        if fault.kind == "truncate" and _range_length(request.range) <= (fault.after or 0):
+            continue
+        later = gets[gets.index(request) + 1 :]
+        assert any((r.path, r.range) == (request.path, request.range) for r in later), request
 
 
 def test_32_concurrent_readers_fetch_each_chunk_once(

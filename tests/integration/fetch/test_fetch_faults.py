@@ -1,11 +1,16 @@
 """Network faults between the fetcher and a real registry, on the footer, the TOC and chunks.
 
-Every read must still succeed, and a stall must cost about the stall timeout.
+Every read must still succeed. A stall here never ends by itself and the client's own
+timeout outlasts the test, so a read that completes was cut by the stall timeout; the other
+faults are survived with every timeout out of reach, so they were noticed as they happened.
+How long a read took is bounded only from below (a loaded machine stretches it); the exact
+waits are asserted on a virtual clock in tests/unit/fetch/test_fetcher_timing.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,7 @@ import pytest
 from lazyimage import estargz
 from lazyimage.errors import UnavailableError
 from lazyimage.fetch import FetchConfig, LayerFetcher
-from lazyimage.registry import RetryPolicy
+from lazyimage.registry import RegistryClient, RetryPolicy
 
 from tests.fixtures.faults import Fault, FaultProxy
 from tests.fixtures.registry import RegistryServer
@@ -25,6 +30,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60
 BLOB_GET = r"/v2/.+/blobs/sha256:"
 # The agent's default backoff (0.2 s, jittered), so the timings are the real ones.
 DEFAULT_RETRY = RetryPolicy()
+# Longer than any test: a timeout set to this never fires.
+NO_TIMEOUT = 3600.0
 
 
 @pytest.fixture
@@ -39,9 +46,14 @@ FAULTS = {
     "reset": Fault.reset(),
     "reset-mid-body": Fault.reset(after=20),
     "truncated-body": Fault.truncate(after=20),
-    "stall": Fault.stall(5.0),
-    "stall-mid-body": Fault.stall(5.0, after=20),
+    "stall": Fault.stall(math.inf),
+    "stall-mid-body": Fault.stall(math.inf, after=20),
 }
+
+
+def _patient_client(host: str) -> RegistryClient:
+    """The agent's retry policy, and no client timeout that could cut a stall."""
+    return RegistryClient(insecure_registries=(host,), retry=DEFAULT_RETRY, timeout=NO_TIMEOUT)
 
 
 async def _load_toc(fetch: LayerFetcher) -> estargz.TOC:
@@ -68,8 +80,10 @@ async def test_reads_survive_faults(
     nth = {"footer": 1, "toc": 2, "chunk": 3}[target]
     proxy.add(FAULTS[fault], method="GET", path=BLOB_GET, nth=nth)
     retries = sample("lazyimage_fetch_retries_total", layer=layer.digest)
-    config = FetchConfig(stall_timeout=1.0)
-    async with client_for(proxy.host, DEFAULT_RETRY) as client:
+    stalls = fault.startswith("stall")
+    # Only a stall is given a stall timeout that can fire.
+    config = FetchConfig(stall_timeout=1.0 if stalls else NO_TIMEOUT)
+    async with _patient_client(proxy.host) as client:
         with layer_fetcher(client, layer, tmp_path / "cache", config, via=proxy.host) as fetch:
             started = anyio.current_time()
             toc = await _load_toc(fetch)
@@ -79,11 +93,9 @@ async def test_reads_survive_faults(
     gets = [r for r in proxy.requests if r.method == "GET"]
     assert [r.fault is not None for r in gets] == [i == nth - 1 for i in range(4)]
     assert sample("lazyimage_fetch_retries_total", layer=layer.digest) == retries + 1
-    if fault.startswith("stall"):
-        # The 5 s stall cost about the 1 s stall timeout, not the client's 30 s timeout.
-        assert 1.0 <= elapsed < 2.5, elapsed
-    else:
-        assert elapsed < 1.5, elapsed
+    if stalls:
+        # The stall was waited out for the stall timeout, no less, then abandoned.
+        assert elapsed >= 1.0, elapsed
 
 
 async def test_registry_stopped_during_a_read_then_restarted(
@@ -109,7 +121,9 @@ async def test_registry_stopped_during_a_read_then_restarted(
                 data = await fetch.read(chunks)
             elapsed = anyio.current_time() - started
     _check(chunks, data)
-    assert 3.0 < elapsed < 20.0
+    # It waited for the registry to come back (and, by succeeding, did so within the
+    # 20 s demand deadline).
+    assert elapsed > 3.0
     assert sample("lazyimage_fetch_retries_total", layer=layer.digest) >= 2
 
 
@@ -129,20 +143,26 @@ async def test_registry_that_stays_down_fails_within_the_deadline(
             # The layer is not given up: the same read works once the registry is back.
             registry.start()
             _check(chunks, await fetch.read(chunks))
-    assert 2.5 <= elapsed < 4.0, elapsed
+    # It kept trying until the deadline was (all but) spent, then gave up rather than hang;
+    # that it gives up by the deadline exactly is asserted on a virtual clock in
+    # tests/unit/fetch/test_fetcher_timing.py.
+    assert elapsed >= 2.5, elapsed
     assert layer.digest in str(caught.value)
 
 
 async def test_stall_with_the_default_timeout(
     proxy: FaultProxy, registry: RegistryServer, tmp_path: Path
 ) -> None:
-    """The defaults: a 2 s stall timeout turns a 10 s stall into about 2 s."""
+    """The defaults: the 2 s stall timeout cuts a stall that would never end."""
     layer: Layer = await push_layer(registry.host, "faults/default", tmp_path)
     chunks = layer.chunks("app/")[:2]
-    proxy.add(Fault.stall(10.0), method="GET", path=BLOB_GET)
-    async with client_for(proxy.host, DEFAULT_RETRY) as client:
+    proxy.add(Fault.stall(math.inf), method="GET", path=BLOB_GET)
+    async with _patient_client(proxy.host) as client:
         with layer_fetcher(client, layer, tmp_path / "cache", via=proxy.host) as fetch:
             started = anyio.current_time()
             _check(chunks, await fetch.read(chunks))
             elapsed = anyio.current_time() - started
-    assert 2.0 <= elapsed < 3.0, elapsed
+    assert FetchConfig().stall_timeout == 2.0
+    assert elapsed >= 2.0, elapsed  # the stall was waited out for the default, no less
+    gets = [r for r in proxy.requests if r.method == "GET"]
+    assert [r.fault for r in gets] == ["stall"] + [None] * (len(gets) - 1)

@@ -190,11 +190,10 @@ def test_start_failure_reports_the_log(second_cluster: KubeCluster) -> None:
         held.listen()
         second_cluster.port = int(held.getsockname()[1])
         second_cluster.etcd_client_port, second_cluster.etcd_peer_port = free_port(), free_port()
-        began = time.monotonic()
         with pytest.raises(KubeStartError) as caught:
             second_cluster.start()
-    assert time.monotonic() - began < 60
     message = str(caught.value)
-    assert "kube-apiserver exited" in message
+    # It failed on the apiserver's exit, not by waiting out its startup timeout.
+    assert "kube-apiserver exited" in message and "not ready after" not in message
     assert "address already in use" in message
     assert second_cluster.pids == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 
@@ -56,11 +55,12 @@ async def test_stopped_registry_is_unavailable_then_back(registry: RegistryServe
     async with _client(registry, policy) as client:
         image = await push_image(client, ref, [random_bytes(100, 42)])
         registry.stop()
-        started = time.monotonic()
         with pytest.raises(UnavailableError, match="ConnectError") as caught:
             await client.read_range(ref, image.layer_digests[0], 0, 10)
-        assert time.monotonic() - started < 3.0
+        # Given up after the attempts, not the 10 s bound; the backoff between them is
+        # timed on a virtual clock in tests/unit/registry/test_client_timing.py.
         assert "3 attempts" in str(caught.value)
+        assert "no answer within" not in str(caught.value)
         registry.start()
         assert await client.read_range(ref, image.layer_digests[0], 0, 10) == image.layers[0][:10]
 

@@ -1,19 +1,22 @@
 """LayerFetcher over an in-memory source: single flight, merging, verification, retries,
-priorities and the cache, counted at the source."""
+priorities and the cache, counted at the source. Its deadlines, stall timeout and bandwidth
+cap are in test_fetcher_timing, on a virtual clock."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+import trio.testing
 from lazyimage.cache import ChunkCache
 from lazyimage.errors import UnavailableError, VerificationError
 from lazyimage.estargz import Chunk
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate, TokenBucket
+from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate
 
 from tests.unit.fetch.helpers import (
     Blob,
@@ -35,7 +38,6 @@ def fetcher(
     blob: Blob,
     cache: DictCache | ChunkCache | None = None,
     config: FetchConfig | None = None,
-    bucket: TokenBucket | None = None,
     **source_options: object,
 ) -> tuple[LayerFetcher, MemorySource]:
     source = MemorySource(blob.data, **source_options)  # type: ignore[arg-type]
@@ -45,7 +47,6 @@ def fetcher(
             cache if cache is not None else DictCache(),
             layer_digest(),
             config or FetchConfig(),
-            bucket,
             gate=PriorityGate(),
         ),
         source,
@@ -237,36 +238,6 @@ async def test_transient_failures_are_retried() -> None:
     assert sample("lazyimage_fetch_retries_total", layer=fetch.layer) == 2
 
 
-async def test_demand_deadline_bounds_a_failing_read() -> None:
-    blob = make_blob([10_000])
-    fetch, _ = fetcher(blob, config=FetchConfig(demand_deadline=1.0), fail_next=10**6)
-    started = anyio.current_time()
-    with pytest.raises(UnavailableError, match="injected failure") as caught:
-        await fetch.read(blob.chunks)
-    assert fetch.layer in str(caught.value)
-    assert anyio.current_time() - started < 1.5
-
-
-async def test_a_hung_request_is_abandoned_and_retried() -> None:
-    blob = make_blob([10_000])
-    source = HangOnce(blob.data)
-    fetch = LayerFetcher(
-        source, DictCache(), layer_digest(), FetchConfig(stall_timeout=0.3), gate=PriorityGate()
-    )
-    started = anyio.current_time()
-    assert await fetch.read(blob.chunks) == blob.contents
-    assert 0.3 <= anyio.current_time() - started < 1.5
-    assert len(source.reads) == 2
-
-
-class HangOnce(MemorySource):
-    async def read(self, offset: int, length: int) -> bytes:
-        if not self.reads:
-            self.reads.append((offset, length))
-            await anyio.sleep_forever()
-        return await super().read(offset, length)
-
-
 async def test_a_cancelled_reader_does_not_strand_the_others() -> None:
     blob = make_blob([10_000])
     fetch, source = fetcher(blob, delay=0.2)
@@ -342,56 +313,84 @@ async def test_prefetch_takes_a_lazy_iterable_a_window_at_a_time(
     assert source.bytes_read == sum(length for _, length in members)
 
 
+class HeldSource(MemorySource):
+    """Holds each read until the test lets it go, so events happen in the test's order
+    whatever the clock says. ``held[i]`` releases ``reads[i]``; after ``open()`` nothing
+    is held."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.held: list[anyio.Event] = []
+        self._open = False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        released = anyio.Event()
+        self.held.append(released)
+        if not self._open:
+            await released.wait()
+        return self.data[offset : offset + length]
+
+    def open(self) -> None:
+        self._open = True
+        for released in self.held:
+            released.set()
+
+
+class WatchedGate(PriorityGate):
+    """The real gate, counting the callers waiting in it for their turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def wait_turn(
+        self, priority: Priority, quiet: float = 0.0, since: float = -math.inf
+    ) -> None:
+        self.waiting += 1
+        try:
+            await super().wait_turn(priority, quiet, since)
+        finally:
+            self.waiting -= 1
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await anyio.sleep(0.001)
+
+
 async def test_prefetch_gives_way_to_demand() -> None:
     blob = make_blob([64 * KiB] * 40, seed=6)
-    fetch, _ = fetcher(blob, config=FetchConfig(max_range=128 * KiB), delay=0.05)
-    done: dict[str, float] = {}
-    started = anyio.current_time()
-
-    async def prefetch() -> None:
-        await fetch.prefetch(blob.chunks, Priority.BACKGROUND)
-        done["prefetch"] = anyio.current_time() - started
+    source, gate, cache = HeldSource(blob.data), WatchedGate(), DictCache()
+    fetch = LayerFetcher(source, cache, layer_digest(), FetchConfig(max_range=128 * KiB), gate=gate)
+    last = blob.chunks[-1]
+    demanded: list[bytes] = []
 
     async def demand() -> None:
-        await anyio.sleep(0.1)
-        await fetch.read([blob.chunks[-1]])
-        done["demand"] = anyio.current_time() - started
+        demanded.extend(await fetch.read([last]))
 
     async with anyio.create_task_group() as group:
-        group.start_soon(prefetch)
+        group.start_soon(fetch.prefetch, blob.chunks)
+        await wait_until(lambda: len(source.reads) == 2)  # both prefetch ranges in flight
         group.start_soon(demand)
-    # Demand waited for at most the prefetch requests already in flight.
-    assert done["demand"] < 0.1 + 3 * 0.05 + 0.1
-    assert done["prefetch"] > 0.5
-
-
-async def test_bucket_caps_prefetch_bandwidth() -> None:
-    blob = make_blob([50 * KiB] * 8, seed=8)
-    rate = 400 * KiB
-    bucket = TokenBucket(rate=rate, burst=16 * KiB)
-    fetch, source = fetcher(blob, config=FetchConfig(max_range=100 * KiB), bucket=bucket)
-    started = anyio.current_time()
-    await fetch.prefetch(blob.chunks)
-    elapsed = anyio.current_time() - started
-    assert elapsed >= (source.bytes_read - 16 * KiB) / rate * 0.95
-    assert elapsed < source.bytes_read / rate + 0.5
-
-
-async def test_low_priority_read_waits_for_the_bucket_demand_does_not() -> None:
-    bucket = TokenBucket(rate=200 * KiB, burst=0)
-    blob = make_blob([100 * KiB], seed=1)
-    fetch, _ = fetcher(blob, bucket=bucket)
-    member = blob.chunks[0].end - blob.chunks[0].offset
-    started = anyio.current_time()
-    assert await fetch.read(blob.chunks, Priority.BACKGROUND) == blob.contents
-    assert anyio.current_time() - started >= member / (200 * KiB) * 0.95
-    # The bucket is now about a second in debt; demand reads do not use it.
-    bucket.reserve(200 * KiB, anyio.current_time())
-    other_blob = make_blob([100 * KiB], seed=2)
-    other, _ = fetcher(other_blob, bucket=bucket)
-    started = anyio.current_time()
-    assert await other.read(other_blob.chunks) == other_blob.contents
-    assert anyio.current_time() - started < 0.3
+        # The demand's own request went out at once, beside the prefetch's.
+        await wait_until(lambda: len(source.reads) == 3)
+        assert source.reads[2] == (last.offset, last.end - last.offset)
+        # The prefetch's ranges end; its next one waits for the demand instead of going out.
+        source.held[0].set()
+        source.held[1].set()
+        await wait_until(lambda: gate.waiting > 0 or len(source.reads) > 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(source.reads) == 3 and gate.waiting == 1
+        assert demanded == []
+        # The demand is served, then the prefetch goes on with the rest.
+        source.held[2].set()
+        await wait_until(lambda: bool(demanded))
+        source.open()
+    assert demanded == [blob.contents[-1]]
+    assert set(cache.chunks) == {c.digest for c in blob.chunks}
+    assert len(source.reads) > 4
+    assert source.bytes_read == last.end - blob.chunks[0].offset  # nothing fetched twice
 
 
 async def test_close_ends_prefetch_and_refuses_reads() -> None:

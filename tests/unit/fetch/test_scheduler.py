@@ -1,13 +1,23 @@
-"""The priority gate: lower priorities wait while higher ones are active."""
+"""The priority gate: lower priorities wait while higher ones are active. On a virtual
+clock, so the quiet periods are measured exactly."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import anyio
 import pytest
 from lazyimage.fetch import Priority, PriorityGate
 from lazyimage.fetch._scheduler import shared_gate
 
+from tests.unit.virtual_clock import virtual_trio
+
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return virtual_trio()
 
 
 async def test_lower_priorities_wait_for_higher_ones() -> None:
@@ -34,28 +44,30 @@ async def test_lower_priorities_wait_for_higher_ones() -> None:
 
 async def test_background_waits_for_prefetch() -> None:
     gate = PriorityGate()
-    passed = anyio.Event()
+    passed_at: list[float] = []
 
     async def background() -> None:
         await gate.wait_turn(Priority.BACKGROUND)
-        passed.set()
+        passed_at.append(anyio.current_time())
 
     async with anyio.create_task_group() as group:
         with gate.active(Priority.PREFETCH):
             group.start_soon(background)
             await anyio.sleep(0.05)
-            assert not passed.is_set()
+            assert passed_at == []
             assert not gate.busy_above(Priority.PREFETCH)
-        with anyio.fail_after(1):
-            await passed.wait()
+        ended = anyio.current_time()
+    # It passed the moment prefetch went idle, not a moment later.
+    assert passed_at == [ended]
 
 
 async def test_background_waits_for_a_quiet_period_after_demand() -> None:
     gate = PriorityGate()
     quiet = 0.3
     # Nothing was ever active: no wait.
-    with anyio.fail_after(0.1):
-        await gate.wait_turn(Priority.BACKGROUND, quiet)
+    started = anyio.current_time()
+    await gate.wait_turn(Priority.BACKGROUND, quiet)
+    assert anyio.current_time() == started
 
     for _ in range(2):  # a burst of demand, with a gap shorter than the quiet period
         with gate.active(Priority.DEMAND):
@@ -63,8 +75,8 @@ async def test_background_waits_for_a_quiet_period_after_demand() -> None:
         ended = anyio.current_time()
         await anyio.sleep(0.1)
     await gate.wait_turn(Priority.BACKGROUND, quiet)
-    waited = anyio.current_time() - ended
-    assert quiet - 0.005 <= waited < quiet + 0.5  # loose above: a loaded machine sleeps late
+    # The quiet period counts from the end of the last demand, and lasts exactly that.
+    assert anyio.current_time() - ended == pytest.approx(quiet)
 
     # Demand during the wait restarts it; prefetch ignores the quiet period of background.
     async def more_demand() -> None:
@@ -78,14 +90,15 @@ async def test_background_waits_for_a_quiet_period_after_demand() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(more_demand)
         await gate.wait_turn(Priority.BACKGROUND, quiet)
-        assert anyio.current_time() - started >= 0.11 + quiet
-    with anyio.fail_after(0.1):
-        await gate.wait_turn(Priority.PREFETCH)
+        assert anyio.current_time() - started == pytest.approx(0.11 + quiet)
+    started = anyio.current_time()
+    await gate.wait_turn(Priority.PREFETCH)
+    assert anyio.current_time() == started
 
     # `since` starts the quiet period without any activity (a fill's first range).
     started = anyio.current_time()
     await gate.wait_turn(Priority.BACKGROUND, quiet, since=started)
-    assert anyio.current_time() - started >= quiet
+    assert anyio.current_time() - started == pytest.approx(quiet)
 
 
 async def test_shared_gate_is_one_per_event_loop() -> None:
