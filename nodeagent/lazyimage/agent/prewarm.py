@@ -69,8 +69,13 @@ class ImagePrewarmer:
         profile ({layer digest: paths}) in the layers that have them."""
         started = time.monotonic()
         ref = Reference.parse(image)
-        await self._grant(ref, pull_secrets)
-        resolved = await self._client.resolve_image(ref)
+        problems = await self._grant(ref, pull_secrets)
+        try:
+            resolved = await self._client.resolve_image(ref)
+        except errors.AuthError as exc:
+            if not problems:
+                raise
+            raise errors.LazyImageError(f"{exc} ({'; '.join(problems)})") from exc
         pinned = ref.with_digest(resolved.manifest_digest)
         specs = [
             LayerSpec(
@@ -143,15 +148,15 @@ class ImagePrewarmer:
         (for an order carried out before a restart, whose image's mounts still need them)."""
         await self._grant(Reference.parse(image), pull_secrets)
 
-    async def _grant(self, ref: Reference, pull_secrets: Sequence[tuple[str, str]]) -> None:
+    async def _grant(self, ref: Reference, pull_secrets: Sequence[tuple[str, str]]) -> list[str]:
         """Read the order's pull secrets and scope them to its image's repository. They also
         serve that repository's lazy mounts later, to which containerd never hands a pod's
-        credentials, and no other repository."""
+        credentials, and no other repository. Returns what was wrong with the unusable ones."""
         if not pull_secrets:
-            return
+            return []
         if self._secrets is None:
             namespace, name = pull_secrets[0]
             raise errors.LazyImageError(
                 f"pull secret {namespace}/{name}: this agent has no API server connection"
             )
-        await self._secrets.grant(ref, pull_secrets)
+        return await self._secrets.grant(ref, pull_secrets)

@@ -6,6 +6,7 @@ image repository alone, so a secret of one namespace never serves the images of 
 lazy mounts of that repository use it later, since containerd never hands a pod's credentials
 to a snapshotter. A secret is read again when an order names it again, when the registry
 refuses it (the store's refresh) and on ``recheck_forever``; one found deleted stops being used.
+A secret that is missing or malformed is skipped, as kubelet skips it.
 """
 
 from __future__ import annotations
@@ -39,15 +40,24 @@ class PullSecrets:
         self._store = store
         self._read = read
 
-    async def grant(self, image: Reference, secrets: Sequence[tuple[str, str]]) -> None:
+    async def grant(self, image: Reference, secrets: Sequence[tuple[str, str]]) -> list[str]:
         """Read each secret now and let it serve ``image``'s repository. A secret that does
-        not exist, or cannot be parsed, fails the call, naming it."""
+        not exist (dropped, if it served before), cannot be read (say, RBAC allows only some
+        namespaces) or cannot be parsed is skipped, as kubelet skips it: one order may carry
+        the secrets of pods of several namespaces. Returns what was wrong with those, one line
+        each, for an error should the registry refuse."""
+        problems: list[str] = []
         for namespace, name in secrets:
-            keychain = await self._keychain(namespace, name)
             source = source_name(namespace, name)
+            try:
+                keychain = await self._keychain(namespace, name)
+            except errors.LazyImageError as exc:  # its JSON, or the API server refusing
+                problems.append(str(exc))
+                continue
             if keychain is None:
                 self._store.revoke(source)
-                raise errors.LazyImageError(f"pull secret {namespace}/{name} not found")
+                problems.append(f"pull secret {namespace}/{name} not found")
+                continue
             if keychain.lookup(image.registry, image.repository) is None:
                 log.warning(
                     "pull_secret_has_no_credentials",
@@ -62,6 +72,9 @@ class PullSecrets:
                 image.repository,
                 reload=functools.partial(self._keychain, namespace, name),
             )
+        for problem in problems:
+            log.warning("pull_secret_unusable", image=str(image), error=problem)
+        return problems
 
     async def _keychain(self, namespace: str, name: str) -> Keychain | None:
         payload = await self._read(namespace, name)

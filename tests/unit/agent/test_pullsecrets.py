@@ -58,16 +58,19 @@ async def test_each_secret_serves_only_the_repository_of_the_order_that_named_it
     assert api.reads == [("a", "pull"), ("b", "pull")]
 
 
-async def test_a_missing_secret_fails_naming_it_and_stops_being_used() -> None:
-    api = FakeSecrets({("a", "pull"): _payload("alice", "a")})
+async def test_a_missing_secret_is_skipped_named_and_stops_being_used() -> None:
+    api = FakeSecrets({("a", "pull"): _payload("alice", "a"), ("b", "pull"): _payload("bob", "b")})
     store = CredentialStore()
     secrets = PullSecrets(store, api.read)
-    ref = Reference.parse(f"{REG}/team-a/app:1")
-    await secrets.grant(ref, [("a", "pull")])
+    ref = Reference.parse(f"{REG}/shared/app:1")
+    assert await secrets.grant(ref, [("a", "pull"), ("b", "pull")]) == []
     del api.secrets[("a", "pull")]
-    with pytest.raises(errors.LazyImageError, match="pull secret a/pull not found"):
-        await secrets.grant(ref, [("a", "pull")])
-    assert store.sources == []
+    # One order may carry the secrets of several namespaces' pods: the others still serve.
+    assert await secrets.grant(ref, [("a", "pull"), ("b", "pull")]) == [
+        "pull secret a/pull not found"
+    ]
+    assert store.sources == ["secret b/pull"]
+    assert _sources(store, "shared/app") == ["secret b/pull"]
 
 
 async def test_a_secret_read_again_after_a_refusal_is_the_current_one() -> None:
@@ -93,10 +96,12 @@ async def test_a_secret_read_again_after_a_refusal_is_the_current_one() -> None:
         (b"[]", "pull secret a/pull is not a JSON object"),
     ],
 )
-async def test_a_malformed_secret_is_named(payload: bytes, message: str) -> None:
-    secrets = PullSecrets(CredentialStore(), FakeSecrets({("a", "pull"): payload}).read)
-    with pytest.raises(errors.LazyImageError, match=message):
-        await secrets.grant(Reference.parse(f"{REG}/team-a/app:1"), [("a", "pull")])
+async def test_a_malformed_secret_is_skipped_and_named(payload: bytes, message: str) -> None:
+    store = CredentialStore()
+    secrets = PullSecrets(store, FakeSecrets({("a", "pull"): payload}).read)
+    problems = await secrets.grant(Reference.parse(f"{REG}/team-a/app:1"), [("a", "pull")])
+    assert len(problems) == 1 and message in problems[0]
+    assert store.sources == []
 
 
 def test_recheck_forever_reads_granted_secrets_on_its_interval() -> None:
@@ -126,3 +131,25 @@ def test_dockerconfigjson_reads_either_key_and_names_a_bad_secret() -> None:
         dockerconfigjson({"type": "Opaque", "data": {}}, "a", "pull")
     with pytest.raises(errors.LazyImageError, match=r"a/pull: \.dockerconfigjson is not base64"):
         dockerconfigjson({"data": {".dockerconfigjson": "%%"}}, "a", "pull")
+
+
+async def test_a_secret_the_agent_may_not_read_is_skipped_and_kept() -> None:
+    """RBAC limited to some namespaces answers 403 for the others; the API server may also be
+    away for a while. Neither drops credentials the secret gave before."""
+
+    class Forbidding(FakeSecrets):
+        refuse = False
+
+        async def read(self, namespace: str, name: str) -> bytes | None:
+            if self.refuse:
+                raise errors.LazyImageError(f"GET secrets/{name}: 403 Forbidden")
+            return await super().read(namespace, name)
+
+    api = Forbidding({("a", "pull"): _payload("alice", "a")})
+    store = CredentialStore()
+    secrets = PullSecrets(store, api.read)
+    ref = Reference.parse(f"{REG}/team-a/app:1")
+    assert await secrets.grant(ref, [("a", "pull")]) == []
+    api.refuse = True
+    assert await secrets.grant(ref, [("a", "pull")]) == ["GET secrets/pull: 403 Forbidden"]
+    assert _sources(store, "team-a/app") == ["secret a/pull"]
