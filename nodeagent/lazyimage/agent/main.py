@@ -139,6 +139,7 @@ async def follow_orders(
         started = trio.current_time()
         try:
             async with KubeClient(kube_config) as kube, trio.open_nursery() as beside:
+                # Until the follower ends: a registry refusal may re-read a secret any time.
                 secret_reader.kube = kube
                 beside.start_soon(secrets.recheck_forever, _SECRET_RECHECK)
                 runner = OrderRunner(
@@ -159,6 +160,8 @@ async def follow_orders(
             log.warning("order_follower_ended", restart_in=pause)
         except Exception:
             log.exception("order_follower_failed", restart_in=pause)
+        finally:
+            secret_reader.kube = None  # closed; reads fail cleanly until the next one
         metrics.ORDER_RUNNER_RESTARTS.inc()
         await trio.sleep(pause)
         # A follower that ran a while before failing starts the backoff over.

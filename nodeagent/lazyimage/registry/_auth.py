@@ -55,6 +55,8 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The repository is everything before the last /manifests/, /blobs/ or /tags/ segment.
 _API_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?:manifests|blobs|tags)/")
 _REFUSED = frozenset({401, 403})
+# Past this many cached tokens, storing one first drops the expired ones.
+_TOKEN_CACHE_SWEEP = 1024
 
 _TokenKey = tuple[Credentials | None, str, str, str]
 
@@ -185,8 +187,14 @@ class TokenCache:
     ) -> None:
         # Refresh a little early so a token does not expire on its way to the registry.
         margin = min(10.0, lifetime / 4)
-        expires = self._clock() + max(lifetime - margin, 0.0)
-        self._tokens[self._key(realm, service, scope, identity)] = (token, expires)
+        now = self._clock()
+        if len(self._tokens) >= _TOKEN_CACHE_SWEEP:
+            # Tokens of credentials since rotated or dropped are never asked for again.
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+        self._tokens[self._key(realm, service, scope, identity)] = (
+            token,
+            now + max(lifetime - margin, 0.0),
+        )
 
     def discard(
         self, realm: str, service: str, scope: str, token: str, identity: Credentials | None = None

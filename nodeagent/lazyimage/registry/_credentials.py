@@ -252,6 +252,11 @@ class CredentialStore:
                 log.warning("cannot read %s again, kept: %s", found.name, exc)
                 self._back_off(found)
                 return
+            except Exception:
+                # A bug in a reader must not fail the reads it was asked to help.
+                log.exception("reading %s again failed, kept", found.name)
+                self._back_off(found)
+                return
             if keychain is None:
                 self.revoke(found.name)
             elif not self._update(found, keychain):

@@ -366,3 +366,13 @@ def test_token_cache_is_keyed_by_credentials() -> None:
     assert cache.get("realm", "svc", "repository:x:pull", bob) is None
     assert cache.get("realm", "svc", "repository:x:pull") is None  # nor anonymously
     assert cache.get("realm", "svc", "repository:y:pull", alice) is None
+
+
+def test_token_cache_sweeps_expired_tokens_of_credentials_gone() -> None:
+    now = [0.0]
+    cache = TokenCache(clock=lambda: now[0])
+    for n in range(1024):  # one token each for credentials rotated away since
+        cache.put("realm", "svc", "repository:x:pull", "old", 60.0, Credentials("u", str(n)))
+    now[0] = 100.0
+    cache.put("realm", "svc", "repository:x:pull", "new", 60.0, Credentials("u", "current"))
+    assert len(cache) == 1
