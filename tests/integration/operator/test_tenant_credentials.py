@@ -365,3 +365,32 @@ def test_a_deleted_secret_is_noticed_when_the_registry_refuses_it(
     # Later reads go anonymously: the deleted secret is sent no more.
     seen = registry.authorizations()[after:]
     assert seen and {a.outcome for a in seen} == {"anonymous"}, seen
+
+
+def test_the_nodes_docker_config_is_read_again_when_it_changes(
+    auth_registry: RegistryServer,
+    busybox_image: TestImage,
+    agent_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The node's own credentials (``--docker-config``, no API server): a password changed at
+    the registry and in the file is used without restarting the agent."""
+    registry = auth_registry
+    login = (registry.username, registry.password)
+    image = push_private(busybox_image, registry, "node/busybox", login, tmp_path / "dc")
+    config = _docker_config(tmp_path / "node", registry.host, *login)
+    agent = agent_factory(
+        [registry.host], extra=["--docker-config", str(config), "--no-background-fill"]
+    )
+    layers = mount_layers(agent, image)
+    registry.set_logins({login[0]: "n0de-Pa55"})
+    _docker_config(tmp_path / "node", registry.host, login[0], "n0de-Pa55")
+    before = len(registry.authorizations())
+
+    assert read_all(layers) > 0, agent.log()
+
+    seen = registry.authorizations()[before:]
+    assert seen and seen[-1].outcome == "authorized", seen
+    assert "anonymous" not in {a.outcome for a in seen}
+    assert f"docker config {config} read again" in agent.log()
+    assert agent.proc.poll() is None
