@@ -23,15 +23,16 @@ from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
 from lazyimage.agent.mountbook import MountBook
 from lazyimage.agent.orders import OrderRunner
-from lazyimage.agent.prewarm import ImagePrewarmer, dockerconfigjson
+from lazyimage.agent.prewarm import ImagePrewarmer
 from lazyimage.agent.profiles import ProfileBook
+from lazyimage.agent.pullsecrets import PullSecrets, dockerconfigjson
 from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache, TOCStore
 from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
-from lazyimage.kube import KubeClient, KubeConfig, ResourcePath
+from lazyimage.kube import KubeClient, KubeConfig, NotFoundError, ResourcePath
 from lazyimage.logs import configure_logging
-from lazyimage.registry import Keychain, RegistryClient
+from lazyimage.registry import CredentialStore, DockerConfigFile, RegistryClient
 from lazyimage.snapshotter import Snapshotter
 from lazyimage.snapshotter import serve as serve_snapshots
 
@@ -42,12 +43,16 @@ log = structlog.get_logger(__name__)
 # Pauses before the order follower starts again after a failure, doubling up to the cap.
 _RESTART_PAUSE = 1.0
 _RESTART_PAUSE_MAX = 30.0
+# How often the pull secrets that orders named are read again by name, so that a deleted or
+# changed one is noticed even while the registry still accepts its old credentials.
+_SECRET_RECHECK = 300.0
 
 
 async def serve(config: AgentConfig) -> None:
     for directory in (config.state_dir, config.cache_dir, config.socket.parent):
         directory.mkdir(parents=True, exist_ok=True)
-    keychain = Keychain.from_docker_config(config.docker_config)
+    # The node's own credentials serve every repository; pull secrets, only their orders'.
+    credentials = CredentialStore(DockerConfigFile(config.docker_config))
     cache = await trio.to_thread.run_sync(ChunkCache, config.cache_dir, config.cache_size)
     fs = LayerFilesystem()
     bucket = TokenBucket(config.prefetch_bandwidth or None, burst=4 << 20)
@@ -58,7 +63,7 @@ async def serve(config: AgentConfig) -> None:
     with cache, FuseSession(config.mountpoint, fs, holder=holder) as session:
         async with (
             RegistryClient(
-                keychain=keychain, insecure_registries=config.insecure_registries
+                credentials=credentials, insecure_registries=config.insecure_registries
             ) as client,
             trio.open_nursery() as nursery,
         ):
@@ -134,8 +139,9 @@ async def follow_orders(
     """
     assert config.node_name is not None
     kube_config = KubeConfig.load(config.kubeconfig)
-    prewarmer_secrets = _SecretReader()
-    prewarmer = ImagePrewarmer(manager, client, prewarmer_secrets.load)
+    secret_reader = _SecretReader()
+    secrets = PullSecrets(client.credentials, secret_reader.load)
+    prewarmer = ImagePrewarmer(manager, client, secrets)
     profiles = ProfileBook(config.profile_window) if config.profile_window > 0 else None
 
     def cache_usage() -> tuple[int, int]:
@@ -146,8 +152,10 @@ async def follow_orders(
     while True:
         started = trio.current_time()
         try:
-            async with KubeClient(kube_config) as kube:
-                prewarmer_secrets.kube = kube
+            async with KubeClient(kube_config) as kube, trio.open_nursery() as beside:
+                # Until the follower ends: a registry refusal may re-read a secret any time.
+                secret_reader.kube = kube
+                beside.start_soon(secrets.recheck_forever, _SECRET_RECHECK)
                 runner = OrderRunner(
                     kube,
                     config.node_name,
@@ -162,9 +170,12 @@ async def follow_orders(
                 task_status.started()
                 task_status = trio.TASK_STATUS_IGNORED
                 await runner.run()
+                beside.cancel_scope.cancel()
             log.warning("order_follower_ended", restart_in=pause)
         except Exception:
             log.exception("order_follower_failed", restart_in=pause)
+        finally:
+            secret_reader.kube = None  # closed; reads fail cleanly until the next one
         metrics.ORDER_RUNNER_RESTARTS.inc()
         await trio.sleep(pause)
         # A follower that ran a while before failing starts the backoff over.
@@ -173,14 +184,18 @@ async def follow_orders(
 
 
 class _SecretReader:
-    """Reads an order's pull secrets by name through the current API server client."""
+    """Reads an order's pull secrets by name (never a list or a watch) through the current
+    API server client; None for a secret that does not exist."""
 
     kube: KubeClient | None = None
 
-    async def load(self, namespace: str, name: str) -> bytes:
+    async def load(self, namespace: str, name: str) -> bytes | None:
         if self.kube is None:
             raise errors.LazyImageError(f"pull secret {namespace}/{name}: no API server client")
-        secret = await self.kube.get(ResourcePath("", "v1", "secrets", namespace), name)
+        try:
+            secret = await self.kube.get(ResourcePath("", "v1", "secrets", namespace), name)
+        except NotFoundError:
+            return None
         return dockerconfigjson(secret, namespace, name)
 
 

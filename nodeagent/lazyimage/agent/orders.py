@@ -147,7 +147,9 @@ class OrderRunner:
             if isinstance(raw, Mapping) and (order := Order.from_spec(raw)) is not None
         ]
         if not self._seen:
-            self._adopt((obj.get("status") or {}).get("images") or [], orders)
+            for order in self._adopt((obj.get("status") or {}).get("images") or [], orders):
+                # Done before a restart: its image's mounts still need its pull secrets.
+                nursery.start_soon(self._grant_secrets, order)
             self._seen = True
         wanted = {order.image for order in orders}
         for image in [image for image in self._states if image not in wanted]:
@@ -155,6 +157,8 @@ class OrderRunner:
         for order in orders:
             current = self._states.get(order.image)
             if current is not None and current.order.issued_at == order.issued_at:
+                if order.pull_secrets != current.order.pull_secrets:
+                    nursery.start_soon(self._grant_secrets, order)
                 current.order = order  # e.g. a secret added to the same order
                 continue
             state = ImageState(order, layers=current.layers if current else ())
@@ -163,9 +167,11 @@ class OrderRunner:
             nursery.start_soon(self._execute, state)
         self._changed.set()
 
-    def _adopt(self, reports: Sequence[Any], orders: Sequence[Order]) -> None:
-        """Take over what the status says was done before a restart, for unchanged orders."""
+    def _adopt(self, reports: Sequence[Any], orders: Sequence[Order]) -> list[Order]:
+        """Take over what the status says was done before a restart, for unchanged orders;
+        returns those taken over."""
         by_image = {order.image: order for order in orders}
+        adopted: list[Order] = []
         for report in reports:
             if not isinstance(report, Mapping):
                 continue
@@ -180,6 +186,20 @@ class OrderRunner:
                     result=_result_of(report),
                     updated=str(report.get("updated") or utc_now()),
                 )
+                adopted.append(order)
+        return adopted
+
+    async def _grant_secrets(self, order: Order) -> None:
+        """Scope an order's pull secrets to its image without carrying the order out again.
+        A failure costs only this: the image's reads go on with the credentials they have."""
+        if not order.pull_secrets:
+            return
+        try:
+            await self._prewarmer.grant_secrets(order.image, order.pull_secrets)
+        except (errors.LazyImageError, OSError) as exc:
+            log.warning("pull_secrets_not_granted", image=order.image, error=str(exc))
+        except Exception:
+            log.exception("pull_secrets_grant_crashed", image=order.image)
 
     async def _execute(self, state: ImageState) -> None:
         async with self._limiter:

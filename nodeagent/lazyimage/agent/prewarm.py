@@ -7,9 +7,8 @@ mounts find them later. Nothing is mounted.
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -17,14 +16,12 @@ import trio
 
 from lazyimage import errors, names
 from lazyimage.agent.layers import LayerManager, LayerSpec
-from lazyimage.registry import Keychain, Reference, RegistryClient
+from lazyimage.agent.pullsecrets import PullSecrets
+from lazyimage.registry import Reference, RegistryClient
 
-__all__ = ["ImagePrewarmer", "PrewarmError", "PrewarmResult", "SecretLoader", "dockerconfigjson"]
+__all__ = ["ImagePrewarmer", "PrewarmError", "PrewarmResult"]
 
 log = structlog.get_logger(__name__)
-
-# Reads a pull secret's ``.dockerconfigjson`` bytes: (namespace, name) -> payload.
-SecretLoader = Callable[[str, str], Awaitable[bytes]]
 
 
 class PrewarmError(errors.LazyImageError):
@@ -56,12 +53,11 @@ class ImagePrewarmer:
         self,
         manager: LayerManager,
         client: RegistryClient,
-        load_secret: SecretLoader | None = None,
+        secrets: PullSecrets | None = None,
     ) -> None:
         self._manager = manager
         self._client = client
-        self._load_secret = load_secret
-        self._secrets_added: set[tuple[str, str, bytes]] = set()
+        self._secrets = secrets
 
     async def prewarm(
         self,
@@ -73,8 +69,13 @@ class ImagePrewarmer:
         profile ({layer digest: paths}) in the layers that have them."""
         started = time.monotonic()
         ref = Reference.parse(image)
-        await self._add_secrets(pull_secrets)
-        resolved = await self._client.resolve_image(ref)
+        problems = await self._grant(ref, pull_secrets)
+        try:
+            resolved = await self._client.resolve_image(ref)
+        except errors.AuthError as exc:
+            if not problems:
+                raise
+            raise errors.LazyImageError(f"{exc} ({'; '.join(problems)})") from exc
         pinned = ref.with_digest(resolved.manifest_digest)
         specs = [
             LayerSpec(
@@ -142,35 +143,20 @@ class ImagePrewarmer:
         )
         return result
 
-    async def _add_secrets(self, pull_secrets: Sequence[tuple[str, str]]) -> None:
-        """Learn the order's pull secrets. They also serve the image's lazy mounts later, to
-        which containerd never hands a pod's credentials."""
-        for namespace, name in pull_secrets:
-            if self._load_secret is None:
-                raise errors.LazyImageError(
-                    f"pull secret {namespace}/{name}: this agent has no API server connection"
-                )
-            payload = await self._load_secret(namespace, name)
-            key = (namespace, name, payload)
-            if key in self._secrets_added:
-                continue
-            self._client.add_credentials(Keychain.from_dockerconfigjson(payload))
-            self._secrets_added.add(key)
+    async def grant_secrets(self, image: str, pull_secrets: Sequence[tuple[str, str]]) -> None:
+        """Let the order's pull secrets serve ``image``'s repository without prewarming it
+        (for an order carried out before a restart, whose image's mounts still need them)."""
+        await self._grant(Reference.parse(image), pull_secrets)
 
-
-def dockerconfigjson(secret: dict[str, object], namespace: str, name: str) -> bytes:
-    """The ``.dockerconfigjson`` (or legacy ``.dockercfg``) payload of a Secret object."""
-    data = secret.get("data")
-    if isinstance(data, dict):
-        for key in (".dockerconfigjson", ".dockercfg"):
-            value = data.get(key)
-            if isinstance(value, str):
-                try:
-                    return base64.b64decode(value, validate=True)
-                except ValueError as exc:
-                    raise errors.LazyImageError(
-                        f"pull secret {namespace}/{name}: {key} is not base64"
-                    ) from exc
-    raise errors.LazyImageError(
-        f"pull secret {namespace}/{name} has no .dockerconfigjson (type {secret.get('type')!r})"
-    )
+    async def _grant(self, ref: Reference, pull_secrets: Sequence[tuple[str, str]]) -> list[str]:
+        """Read the order's pull secrets and scope them to its image's repository. They also
+        serve that repository's lazy mounts later, to which containerd never hands a pod's
+        credentials, and no other repository. Returns what was wrong with the unusable ones."""
+        if not pull_secrets:
+            return []
+        if self._secrets is None:
+            namespace, name = pull_secrets[0]
+            raise errors.LazyImageError(
+                f"pull secret {namespace}/{name}: this agent has no API server connection"
+            )
+        return await self._secrets.grant(ref, pull_secrets)

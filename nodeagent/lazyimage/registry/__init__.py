@@ -1,9 +1,10 @@
 """OCI distribution client: references, credentials, retries, manifests and blob ranges.
 
 One RegistryClient (an async context manager) holds one connection pool, one token cache and
-the redirect targets of blobs; share it between tasks. Every failure is a
-``lazyimage.errors.RegistryError`` naming the registry, repository and what was asked, or a
-``VerificationError`` for bytes that do not match their digest.
+the redirect targets of blobs; share it between tasks. Its CredentialStore keeps the node's
+credentials host-wide and every other source's scoped to the repositories it was granted for.
+Every failure is a ``lazyimage.errors.RegistryError`` naming the registry, repository and what
+was asked, or a ``VerificationError`` for bytes that do not match their digest.
 """
 
 from lazyimage.registry._auth import Challenge, parse_www_authenticate
@@ -12,15 +13,18 @@ from lazyimage.registry._client import (
     RegistryClient,
     ResolvedImage,
 )
+from lazyimage.registry._credentials import CredentialStore
 from lazyimage.registry._http import ContentRange, parse_content_range
-from lazyimage.registry._keychain import Credentials, Keychain
+from lazyimage.registry._keychain import Credentials, DockerConfigFile, Keychain
 from lazyimage.registry._reference import Reference
 from lazyimage.registry._retry import RetryPolicy
 
 __all__ = [
     "Challenge",
     "ContentRange",
+    "CredentialStore",
     "Credentials",
+    "DockerConfigFile",
     "FetchedManifest",
     "Keychain",
     "Reference",

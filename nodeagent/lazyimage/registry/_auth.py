@@ -1,22 +1,28 @@
 """Registry authentication as an httpx.Auth flow: anonymous, Basic, and the bearer-token flow.
 
-The flow for one request (it does no I/O itself; httpx sends what it yields):
+The flow for one request (it does no I/O itself; httpx sends what it yields) tries each of the
+request's candidates in turn (``CredentialStore.candidates``: the credentials that may serve
+that registry and repository), moving to the next when the registry or its token server
+refuses one (401 or 403). For one candidate:
 
 1. Send the request, with a cached token or Basic credentials if this host asked for them
    before, so that a warm client needs no extra round trip.
 2. On ``401`` with ``WWW-Authenticate: Bearer realm=..,service=..,scope=..``, yield a token
-   request to the realm (with Basic credentials or an identity token if the keychain has
-   them, else anonymously), cache the token per (realm, service, scope) and resend.
-3. On ``401`` with ``Basic``, resend with the keychain's username and password.
+   request to the realm (with the candidate's Basic credentials or identity token, or
+   anonymously), cache the token per (credentials, realm, service, scope) and resend. A
+   token is only ever sent again with the credentials it was obtained with, for its scope.
+3. On ``401`` with ``Basic``, resend with the candidate's username and password.
 
-A request whose body is a one-shot stream cannot be resent; the flow then fetches the token
-and raises ReplayRequired so that the caller rebuilds the request.
+The last candidate's answer is the caller's. A request whose body is a one-shot stream cannot
+be resent; the flow then raises ReplayRequired (after fetching the token, or noting the
+refusal) so that the caller rebuilds the request.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 import weakref
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from lazyimage.errors import AuthError
+from lazyimage.registry._credentials import Candidate, CredentialStore
 from lazyimage.registry._keychain import Credentials, Keychain
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "scope_for_request",
 ]
 
+log = logging.getLogger("lazyimage.registry")
+
 # The token server's default lifetime when it does not say (distribution's token spec).
 DEFAULT_TOKEN_LIFETIME = 60.0
 _CLIENT_ID = "lazyimage"
@@ -45,6 +54,11 @@ _CLIENT_ID = "lazyimage"
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The repository is everything before the last /manifests/, /blobs/ or /tags/ segment.
 _API_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?:manifests|blobs|tags)/")
+_REFUSED = frozenset({401, 403})
+# Past this many cached tokens, storing one first drops the expired ones.
+_TOKEN_CACHE_SWEEP = 1024
+
+_TokenKey = tuple[Credentials | None, str, str, str]
 
 
 @dataclass
@@ -137,14 +151,22 @@ def scope_for_request(request: httpx.Request) -> tuple[str, str] | None:
 
 
 class TokenCache:
-    """Bearer tokens per (realm, service, normalised scope), dropped shortly before expiry."""
+    """Bearer tokens per (credentials, realm, service, normalised scope), dropped shortly
+    before expiry. ``identity`` is the credentials a token was obtained with (None:
+    anonymously), so a token never serves a request made with other credentials."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._tokens: dict[_TokenKey, tuple[str, float]] = {}
 
-    def get(self, realm: str, service: str, scope: str) -> str | None:
-        key = (realm, service, normalise_scope(scope))
+    @staticmethod
+    def _key(realm: str, service: str, scope: str, identity: Credentials | None) -> _TokenKey:
+        return (identity, realm, service, normalise_scope(scope))
+
+    def get(
+        self, realm: str, service: str, scope: str, identity: Credentials | None = None
+    ) -> str | None:
+        key = self._key(realm, service, scope, identity)
         entry = self._tokens.get(key)
         if entry is None:
             return None
@@ -154,14 +176,30 @@ class TokenCache:
             return None
         return token
 
-    def put(self, realm: str, service: str, scope: str, token: str, lifetime: float) -> None:
+    def put(
+        self,
+        realm: str,
+        service: str,
+        scope: str,
+        token: str,
+        lifetime: float,
+        identity: Credentials | None = None,
+    ) -> None:
         # Refresh a little early so a token does not expire on its way to the registry.
         margin = min(10.0, lifetime / 4)
-        expires = self._clock() + max(lifetime - margin, 0.0)
-        self._tokens[(realm, service, normalise_scope(scope))] = (token, expires)
+        now = self._clock()
+        if len(self._tokens) >= _TOKEN_CACHE_SWEEP:
+            # Tokens of credentials since rotated or dropped are never asked for again.
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+        self._tokens[self._key(realm, service, scope, identity)] = (
+            token,
+            now + max(lifetime - margin, 0.0),
+        )
 
-    def discard(self, realm: str, service: str, scope: str, token: str) -> None:
-        key = (realm, service, normalise_scope(scope))
+    def discard(
+        self, realm: str, service: str, scope: str, token: str, identity: Credentials | None = None
+    ) -> None:
+        key = self._key(realm, service, scope, identity)
         entry = self._tokens.get(key)
         if entry is not None and entry[0] == token:
             del self._tokens[key]
@@ -198,10 +236,19 @@ def _host(url: httpx.URL) -> str:
 
 
 class RegistryAuth(httpx.Auth):
-    """One instance per client; it remembers each host's scheme and caches tokens."""
+    """One instance per client; it remembers each host's scheme and caches tokens.
 
-    def __init__(self, keychain: Keychain, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.keychain = keychain
+    ``credentials`` is a CredentialStore, or a Keychain for a store holding just that."""
+
+    def __init__(
+        self,
+        credentials: CredentialStore | Keychain,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(credentials, Keychain):
+            credentials = CredentialStore(credentials)
+        self.credentials = credentials
         self.tokens = TokenCache(clock)
         self._clock = clock
         # host -> the bearer realm it challenged with, or "basic".
@@ -239,40 +286,65 @@ class RegistryAuth(httpx.Auth):
             except StopIteration:
                 return
 
-    def _credentials(self, host: str, repository: str | None) -> Credentials | None:
-        return self.keychain.lookup(host, repository)
-
-    def _cached_token(self, realm: _BearerRealm, scope: str) -> str | None:
-        token = self.tokens.get(realm.realm, realm.service, scope)
+    def _cached_token(
+        self, realm: _BearerRealm, scope: str, creds: Credentials | None
+    ) -> str | None:
+        token = self.tokens.get(realm.realm, realm.service, scope, creds)
         if token is None and scope.endswith(":pull"):
             # A push token also grants pull.
-            token = self.tokens.get(realm.realm, realm.service, scope + ",push")
+            token = self.tokens.get(realm.realm, realm.service, scope + ",push", creds)
         return token
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         host = _host(request.url)
         needed = scope_for_request(request)
         repository = needed[0] if needed else None
-        creds = self._credentials(host, repository)
         scope = f"repository:{needed[0]}:{needed[1]}" if needed else ""
+        candidates = self.credentials.candidates(host, repository)
+        for index, candidate in enumerate(candidates):
+            if index and not _replayable(request):
+                # The one-shot body went with the refused candidate; the caller rebuilds the
+                # request, which then tries the others first.
+                raise ReplayRequired(host)
+            response = yield from self._try(request, host, repository, scope, candidate)
+            if response.status_code not in _REFUSED:
+                if response.request is request:
+                    self.credentials.worked(host, repository, candidate)
+                return
+            self.credentials.refused(host, repository, candidate)
+            if index + 1 < len(candidates):
+                log.debug("%s refused %s for %s; trying the next", host, candidate.source, scope)
 
+    def _try(
+        self,
+        request: httpx.Request,
+        host: str,
+        repository: str | None,
+        scope: str,
+        candidate: Candidate,
+    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+        """One candidate's go at the request; returns the answer it ended with (the token
+        server's own, if that refused)."""
+        creds = candidate.credentials
         sent = ""
         if creds is not None and creds.registry_token:
             sent = f"Bearer {creds.registry_token}"
         else:
             known = self._schemes.get(host)
             if isinstance(known, _BearerRealm) and scope:
-                token = self._cached_token(known, scope)
+                token = self._cached_token(known, scope, creds)
                 if token is not None:
                     sent = f"Bearer {token}"
             elif known == "basic" and creds is not None and creds.has_basic:
                 sent = _basic_header(creds)
         if sent:
             request.headers["Authorization"] = sent
+        else:
+            request.headers.pop("Authorization", None)
 
         response = yield request
         if response.status_code != 401:
-            return
+            return response
         challenges = parse_www_authenticate(
             ", ".join(response.headers.get_list("www-authenticate"))
         )
@@ -285,28 +357,29 @@ class RegistryAuth(httpx.Auth):
             wanted = bearer.params.get("scope") or scope
             if sent.startswith("Bearer "):
                 # The cached token was refused (revoked, or the scope grew): fetch a new one.
-                self.tokens.discard(realm.realm, realm.service, wanted, sent[7:])
+                self.tokens.discard(realm.realm, realm.service, wanted, sent[7:], creds)
             token_request = self._token_request(request, realm, wanted, creds)
             self._token_requests.add(token_request)
             token_response = yield token_request
             if token_response.status_code != 200:
                 # httpx hands the token server's answer to the caller, which reports it.
-                return
+                return token_response
             token, lifetime = self._parse_token(token_response, host, repository)
-            self.tokens.put(realm.realm, realm.service, wanted, token, lifetime)
+            self.tokens.put(realm.realm, realm.service, wanted, token, lifetime, creds)
             if not _replayable(request):
                 raise ReplayRequired(host)
             request.headers["Authorization"] = f"Bearer {token}"
-            yield request
-        elif basic is not None and creds is not None and creds.has_basic:
+            return (yield request)
+        if basic is not None and creds is not None and creds.has_basic:
             self._schemes[host] = "basic"
             header = _basic_header(creds)
             if sent == header:
-                return
+                return response
             if not _replayable(request):
                 raise ReplayRequired(host)
             request.headers["Authorization"] = header
-            yield request
+            return (yield request)
+        return response
 
     def _token_request(
         self,

@@ -49,6 +49,7 @@ from lazyimage.oci import (
     sha256_digest,
 )
 from lazyimage.registry._auth import RegistryAuth, ReplayRequired
+from lazyimage.registry._credentials import CredentialStore
 from lazyimage.registry._http import error_detail, media_type_of, parse_content_range
 from lazyimage.registry._keychain import Keychain
 from lazyimage.registry._reference import Reference, connect_host
@@ -232,12 +233,18 @@ class RegistryClient:
     tried in order before the registry for pulls. ``timeout`` bounds each connect, read and
     write; ``retry`` bounds the attempts of an operation in count and time. ``transport``
     replaces the network (``httpx.MockTransport`` in tests).
+
+    Credentials come from ``credentials`` (a CredentialStore: the node's credentials plus
+    sources granted per repository), or from ``keychain`` alone. When the registry refuses
+    every candidate of an operation, their sources are read again (``refresh``) and, if they
+    changed, the operation tries once more.
     """
 
     def __init__(
         self,
         *,
         keychain: Keychain | None = None,
+        credentials: CredentialStore | None = None,
         insecure_registries: Sequence[str] = (),
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
@@ -246,11 +253,13 @@ class RegistryClient:
         user_agent: str = f"lazyimage/{__version__}",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.keychain = keychain if keychain is not None else Keychain()
+        if credentials is not None and keychain is not None:
+            raise ValueError("give keychain or credentials, not both")
+        self.credentials = credentials if credentials is not None else CredentialStore(keychain)
         self.retry = retry if retry is not None else RetryPolicy()
         self._insecure = frozenset(insecure_registries)
         self._mirrors = {name: tuple(hosts) for name, hosts in (mirrors or {}).items()}
-        self._auth = RegistryAuth(self.keychain)
+        self._auth = RegistryAuth(self.credentials)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
@@ -266,12 +275,6 @@ class RegistryClient:
 
     async def __aenter__(self) -> RegistryClient:
         return self
-
-    def add_credentials(self, keychain: Keychain) -> None:
-        """Put ``keychain`` ahead of the credentials the client has, e.g. a pod's pull secret
-        learned after start. Tokens already cached stay in use until they expire."""
-        self.keychain = keychain.merged(self.keychain)
-        self._auth.keychain = self.keychain
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -749,11 +752,19 @@ class RegistryClient:
         state = RetryState(policy, clock=anyio.current_time)
         cause = "none"
         last: BaseException | None = None
-        replayed = False
+        replayed = refreshed = False
         with anyio.move_on_after(policy.total_timeout if bounded else None) as deadline:
             while True:
+                version = self.credentials.version
                 try:
                     return await attempt(endpoint)
+                except AuthError:
+                    # Refused with every candidate: their sources may have changed (a rotated
+                    # or deleted secret, a rewritten docker config). Read them again, once.
+                    if refreshed or not await self._refresh(endpoint, op, version):
+                        raise
+                    refreshed = True
+                    continue
                 except ReplayRequired:
                     # Credentials were just fetched for a one-shot body; resend it once.
                     if replayed:
@@ -813,6 +824,12 @@ class RegistryClient:
         except httpx.HTTPError:
             return False
         return True
+
+    async def _refresh(self, endpoint: _Endpoint, op: _Op, version: int) -> bool:
+        changed = await self.credentials.refresh(endpoint.host, op.repository or None, version)
+        if changed:
+            log.info("credentials for %s/%s changed; trying again", endpoint.host, op.repository)
+        return changed
 
     @asynccontextmanager
     async def _open(
@@ -877,9 +894,8 @@ class RegistryClient:
             if foreign:
                 message = f"{where} refused access (HTTP {status}: {detail})"
             else:
-                repository = op.repository or None
-                has = self.keychain.lookup(endpoint.host, repository) is not None
-                known = "were refused" if has else "are not in the keychain"
+                tried = self.credentials.describe(endpoint.host, op.repository or None)
+                known = f"were refused (tried: {tried})" if tried else "are not in the keychain"
                 message = f"HTTP {status}: {detail}; credentials for {endpoint.host} {known}"
             raise op.error(AuthError, message, status=status)
         if status == 404:

@@ -1,5 +1,8 @@
 """Registry credentials from docker config files and Kubernetes pull secrets.
 
+A ``Keychain`` is one source's credentials, parsed; ``DockerConfigFile`` is the node's docker
+config file, read again when it changes.
+
 Keys are matched the way kubelet matches pull-secret keys: a key is a host with an optional
 port and path (``https://`` and a trailing ``/v1/`` or ``/v2/`` are ignored), a ``*`` may stand
 for one label of the host, and the most specific match wins. Docker Hub's key
@@ -13,7 +16,10 @@ import base64
 import binascii
 import fnmatch
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,9 @@ from typing import Any
 from lazyimage.errors import RegistryError
 from lazyimage.registry._reference import DOCKER_HUB, DOCKER_HUB_HOST
 
-__all__ = ["Credentials", "Keychain"]
+__all__ = ["Credentials", "DockerConfigFile", "Keychain", "registry_name"]
+
+log = logging.getLogger("lazyimage.registry")
 
 _HUB_KEYS = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_HOST})
 
@@ -55,6 +63,12 @@ class _Entry:
 def _normalise_host(host: str) -> str:
     host = host.lower()
     return DOCKER_HUB if host in _HUB_KEYS else host
+
+
+def registry_name(host: str) -> str:
+    """The one name of a registry, whether given as a reference's registry or as the host a
+    request went to (``registry-1.docker.io`` and ``index.docker.io`` are ``docker.io``)."""
+    return _normalise_host(host)
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -150,10 +164,7 @@ class Keychain:
     def from_docker_config(cls, path: Path | None = None) -> Keychain:
         """Read a docker ``config.json``: ``path``, else ``$DOCKER_CONFIG/config.json``, else
         ``~/.docker/config.json``. A missing file gives an empty keychain."""
-        if path is None:
-            directory = os.environ.get("DOCKER_CONFIG")
-            base = Path(directory) if directory else Path.home() / ".docker"
-            path = base / "config.json"
+        path = _docker_config_path(path)
         try:
             payload = path.read_bytes()
         except FileNotFoundError:
@@ -164,12 +175,12 @@ class Keychain:
         return cls._parse_auths(obj.get("auths") or {}, str(path))
 
     @classmethod
-    def from_dockerconfigjson(cls, payload: bytes) -> Keychain:
+    def from_dockerconfigjson(cls, payload: bytes, source: str = "pull secret") -> Keychain:
         """Read a Kubernetes pull secret value: ``.dockerconfigjson`` (``{"auths": {...}}``) or
-        the legacy ``.dockercfg`` (the ``auths`` map itself)."""
-        obj = _load_json(payload, "pull secret")
+        the legacy ``.dockercfg`` (the ``auths`` map itself). ``source`` names it in errors."""
+        obj = _load_json(payload, source)
         auths = obj["auths"] if isinstance(obj.get("auths"), dict) else obj
-        return cls._parse_auths(auths, "pull secret")
+        return cls._parse_auths(auths, source)
 
     @classmethod
     def _parse_auths(cls, auths: Any, source: str) -> Keychain:
@@ -206,6 +217,79 @@ class Keychain:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Keychain) and self._entries == other._entries
+
+    def __hash__(self) -> int:
+        return hash(self._entries)
+
     def __repr__(self) -> str:
         hosts = ", ".join(e.host + (f"/{e.path}" if e.path else "") for e in self._entries)
         return f"Keychain([{hosts}])"
+
+
+def _docker_config_path(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    directory = os.environ.get("DOCKER_CONFIG")
+    base = Path(directory) if directory else Path.home() / ".docker"
+    return base / "config.json"
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a changed file from the one read before: inode, size, mtime and ctime
+    (a file replaced by rename gets a new inode; one rewritten in place, a new mtime)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class DockerConfigFile:
+    """The node's docker ``config.json`` (``path``, else as ``Keychain.from_docker_config``
+    finds it), read again when it changes.
+
+    ``keychain()`` looks at the file at most once every ``check_interval`` seconds (a stat,
+    no read unless it changed); ``reload()`` looks now. A file that changes into something
+    that cannot be parsed (say, half written) leaves the credentials read before in use until
+    a later check can read it. A file that is removed leaves no credentials.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        check_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = _docker_config_path(path)
+        self._check_interval = check_interval
+        self._clock = clock
+        self._stamp = _stamp(self.path)
+        # The first read's errors are the caller's: a bad file at start is a bad setup.
+        self._keychain = Keychain.from_docker_config(self.path)
+        self._checked = clock()
+
+    def keychain(self) -> Keychain:
+        if self._clock() - self._checked >= self._check_interval:
+            self.reload()
+        return self._keychain
+
+    def reload(self) -> bool:
+        """Read the file again if it changed since it was last read; True if it did."""
+        self._checked = self._clock()
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        try:
+            keychain = Keychain.from_docker_config(self.path)
+        except RegistryError as exc:
+            log.warning("docker config %s changed but cannot be read, kept: %s", self.path, exc)
+            return False
+        self._stamp = stamp
+        changed = keychain != self._keychain
+        self._keychain = keychain
+        if changed:
+            log.info("docker config %s read again: %d entries", self.path, len(keychain))
+        return changed

@@ -1,7 +1,9 @@
-"""The test harness itself: access-log counting, restarts, fault rules, token counting."""
+"""The test harness itself: access-log counting, auth outcomes, restarts, fault rules, token
+counting."""
 
 from __future__ import annotations
 
+import base64
 import urllib.error
 import urllib.request
 
@@ -11,7 +13,7 @@ from lazyimage.oci import sha256_digest
 from lazyimage.registry import Reference, RegistryClient, RetryPolicy
 
 from tests.fixtures.faults import Fault, FaultProxy
-from tests.fixtures.registry import RegistryServer
+from tests.fixtures.registry import Authorization, RegistryServer
 from tests.integration.registry.helpers import push_image, random_bytes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
@@ -80,3 +82,35 @@ def test_fault_rules_apply_to_the_nth_match_only(registry: RegistryServer) -> No
                 exc.close()
     assert statuses == [200, 503, 503, 200, 200]
     assert [r.fault for r in proxy.requests] == [None, "status", "status", None, None]
+
+
+def test_authorizations_tell_authorized_refused_and_anonymous_requests_apart(
+    auth_registry: RegistryServer,
+) -> None:
+    def get(login: tuple[str, str] | None, repository: str) -> int:
+        request = urllib.request.Request(f"{auth_registry.url}/v2/{repository}/manifests/1")
+        if login is not None:
+            token = base64.b64encode(":".join(login).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+
+    user, password = auth_registry.username, auth_registry.password
+    assert get((user, password), "a/app") == 404  # authorized; there is no such manifest
+    assert get((user, "wrong"), "b/app") == 401
+    assert get(None, "c/app") == 401
+    # A password changed at the registry: the old one is refused from then on.
+    auth_registry.set_logins({user: "n3w-Pa55"})
+    assert get((user, password), "d/app") == 401
+    assert get((user, "n3w-Pa55"), "e/app") == 404
+    assert auth_registry.authorizations() == [
+        Authorization("authorized", user, "a/app"),
+        Authorization("refused", user, "b/app"),
+        Authorization("anonymous", "", "c/app"),
+        Authorization("refused", user, "d/app"),
+        Authorization("authorized", user, "e/app"),
+    ]

@@ -26,11 +26,26 @@ T0 = "2026-11-28T12:00:00.000000Z"
 T1 = "2026-11-28T12:05:00.000000Z"
 
 
-def _node(orders: list[tuple[str, str]], images: list[dict[str, Any]] | None = None) -> Any:
+def _node(
+    orders: list[tuple[str, str]],
+    images: list[dict[str, Any]] | None = None,
+    secrets: dict[str, list[str]] | None = None,
+) -> Any:
+    """The node's object; ``secrets`` maps an image to the names of its order's pull secrets
+    (in namespace ``ns``)."""
+    secrets = secrets or {}
     return {
         "metadata": {"name": "n1", "resourceVersion": "1"},
         "spec": {
-            "orders": [{"image": i, "lazyImage": f"li-{i}", "issuedAt": t} for i, t in orders]
+            "orders": [
+                {
+                    "image": i,
+                    "lazyImage": f"li-{i}",
+                    "issuedAt": t,
+                    "pullSecrets": [{"namespace": "ns", "name": n} for n in secrets.get(i, [])],
+                }
+                for i, t in orders
+            ]
         },
         "status": {"images": images or []},
     }
@@ -60,8 +75,14 @@ class FakeKube:
 class FakePrewarmer:
     def __init__(self, failing: Sequence[str] = (), crashing: Sequence[str] = ()) -> None:
         self.calls: list[str] = []
+        self.granted: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         self.failing = failing
         self.crashing = crashing
+
+    async def grant_secrets(self, image: str, secrets: Sequence[tuple[str, str]]) -> None:
+        self.granted.append((image, tuple(secrets)))
+        if image in self.failing:
+            raise errors.LazyImageError(f"pull secret of {image} not found")
 
     async def prewarm(
         self, image: str, secrets: Sequence[tuple[str, str]] = (), learned: Any = None
@@ -176,3 +197,32 @@ async def test_an_order_that_crashes_is_failed_and_the_runner_goes_on() -> None:
         status = await _settle(kube, lambda s: s["ready"] == 2)
         nursery.cancel_scope.cancel()
     assert sorted(prewarmer.calls) == ["crash", "good", "later"]
+
+
+async def test_pull_secrets_of_adopted_or_amended_orders_are_granted_without_a_prewarm() -> None:
+    kube, prewarmer = FakeKube(), FakePrewarmer(failing=["gone"])
+    runner = _runner(kube, prewarmer)
+    ready = {"issuedAt": T0, "state": "Ready", "digest": "sha256:" + "c" * 64}
+    reported = [{"image": image, **ready} for image in ("done", "gone", "public")]
+    orders = [("done", T0), ("gone", T0), ("public", T0)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await kube.push(_node(orders, reported, {"done": ["pull"], "gone": ["old"]}))
+        with trio.fail_after(5):
+            while len(prewarmer.granted) < 2:
+                await trio.sleep(0.01)
+        # The same order (same issuedAt) gains a secret: granted, not prewarmed again.
+        await kube.push(_node(orders, reported, {"done": ["pull"], "public": ["new"]}))
+        with trio.fail_after(5):
+            while len(prewarmer.granted) < 3:
+                await trio.sleep(0.01)
+        status = await _settle(kube, lambda s: s["ready"] == 3)
+        nursery.cancel_scope.cancel()
+    assert prewarmer.calls == []
+    assert sorted(prewarmer.granted) == [
+        ("done", (("ns", "pull"),)),
+        ("gone", (("ns", "old"),)),
+        ("public", (("ns", "new"),)),
+    ]
+    # A secret that cannot be granted costs nothing else.
+    assert {raw["image"]: raw["state"] for raw in status["images"]}["gone"] == "Ready"

@@ -8,7 +8,13 @@ from collections.abc import AsyncGenerator
 import httpx
 import pytest
 from lazyimage.errors import AuthError
-from lazyimage.registry import Challenge, Credentials, Keychain, parse_www_authenticate
+from lazyimage.registry import (
+    Challenge,
+    Credentials,
+    CredentialStore,
+    Keychain,
+    parse_www_authenticate,
+)
 from lazyimage.registry._auth import (
     RegistryAuth,
     ReplayRequired,
@@ -197,3 +203,176 @@ async def test_flow_asks_for_a_resend_of_one_shot_bodies() -> None:
     assert response.status_code == 200
     assert len(mock.token_requests) == 1
     assert mock.registry_auth == ["", "Bearer t1"]
+
+
+# -- several candidates: scoped grants, fallback, and tokens per credentials -----------------
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class ACLRegistry:
+    """A mock registry where each user may read only some repositories, over Basic auth or
+    bearer tokens (issued per user and scope). Records what each request carried."""
+
+    def __init__(self, users: dict[str, str], access: dict[str, set[str]], *, bearer: bool):
+        self.users = users
+        self.access = access
+        self.bearer = bearer
+        self.seen: list[tuple[str, str]] = []  # (repository or "token", Authorization)
+        self.tokens: dict[str, tuple[str, set[str]]] = {}  # token -> (user, repositories)
+
+    def _login(self, header: str) -> str | None:
+        if not header.startswith("Basic "):
+            return None
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        return user if self.users.get(user) == password else None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        header = request.headers.get("Authorization", "")
+        if request.url.host == "auth.example":
+            self.seen.append(("token", header))
+            user = self._login(header)
+            if header and user is None:
+                return httpx.Response(401)
+            wanted = {s.split(":")[1] for s in request.url.params.get_list("scope")}
+            granted = wanted & self.access.get(user or "", set())
+            token = f"t{len(self.tokens)}"
+            self.tokens[token] = (user or "", granted)
+            return httpx.Response(200, json={"token": token, "expires_in": 300})
+        repository = request.url.path.split("/")[2] + "/" + request.url.path.split("/")[3]
+        self.seen.append((repository, header))
+        if self.bearer:
+            token = header[7:] if header.startswith("Bearer ") else ""
+            if repository in self.tokens.get(token, ("", set()))[1]:
+                return httpx.Response(200, content=b"ok")
+            scope = f"repository:{repository}:pull"
+            challenge = f'Bearer realm="https://auth.example/token",service="reg",scope="{scope}"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        user = self._login(header)
+        if user is not None and repository in self.access.get(user, set()):
+            return httpx.Response(200, content=b"ok")
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="reg"'})
+
+
+USERS = {"alice": "a", "bob": "b"}
+ACCESS = {"alice": {"team-a/app"}, "bob": {"team-b/app"}}
+
+
+def _scoped_store() -> CredentialStore:
+    store = CredentialStore()
+    store.grant(
+        "secret a/pull",
+        Keychain({"r.example": Credentials("alice", "a")}),
+        "r.example",
+        "team-a/app",
+    )
+    store.grant(
+        "secret b/pull", Keychain({"r.example": Credentials("bob", "b")}), "r.example", "team-b/app"
+    )
+    return store
+
+
+async def _get(auth: RegistryAuth, mock: ACLRegistry, *repositories: str) -> list[int]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(mock)) as client:
+        statuses = []
+        for repository in repositories:
+            url = f"https://r.example/v2/{repository}/manifests/1"
+            statuses.append((await client.get(url, auth=auth)).status_code)
+        return statuses
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bearer", [False, True], ids=["basic", "bearer"])
+async def test_each_repository_gets_only_the_credentials_granted_for_it(bearer: bool) -> None:
+    mock = ACLRegistry(USERS, ACCESS, bearer=bearer)
+    auth = RegistryAuth(_scoped_store())
+    assert (
+        await _get(auth, mock, "team-a/app", "team-b/app", "team-a/app", "team-b/app") == [200] * 4
+    )
+    alice, bob = _basic("alice", "a"), _basic("bob", "b")
+    if bearer:
+        # Credentials go only to the token server, each for its own repository's scope.
+        logins = [h for where, h in mock.seen if where == "token"]
+        assert logins == [alice, bob]
+        users_by_repo = {
+            (where, mock.tokens[h[7:]][0]) for where, h in mock.seen if h.startswith("Bearer ")
+        }
+        assert users_by_repo == {("team-a/app", "alice"), ("team-b/app", "bob")}
+    else:
+        assert {h for where, h in mock.seen if where == "team-a/app"} <= {"", alice}
+        assert {h for where, h in mock.seen if where == "team-b/app"} <= {"", bob}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bearer", [False, True], ids=["basic", "bearer"])
+async def test_a_refused_candidate_falls_back_to_the_next_and_the_one_that_worked_leads(
+    bearer: bool,
+) -> None:
+    store = CredentialStore()
+    # Two secrets for one repository; only the second one's user may read it.
+    for name, user in (("secret a/old", "alice"), ("secret b/new", "bob")):
+        creds = Credentials(user, USERS[user])
+        store.grant(name, Keychain({"r.example": creds}), "r.example", "team-b/app")
+    mock = ACLRegistry(USERS, ACCESS, bearer=bearer)
+    auth = RegistryAuth(store)
+    assert await _get(auth, mock, "team-b/app") == [200]
+    tried_first = len(mock.seen)
+    assert await _get(auth, mock, "team-b/app", "team-b/app") == [200, 200]
+    # The candidate that worked goes first: each later read is one request.
+    assert len(mock.seen) == tried_first + 2
+    assert store.candidates("r.example", "team-b/app")[0].source == "secret b/new"
+
+
+@pytest.mark.anyio
+async def test_every_candidate_refused_hands_the_last_refusal_to_the_caller() -> None:
+    store = CredentialStore()
+    store.grant(
+        "secret a/pull",
+        Keychain({"r.example": Credentials("alice", "a")}),
+        "r.example",
+        "team-b/app",
+    )
+    mock = ACLRegistry(USERS, ACCESS, bearer=False)
+    assert await _get(RegistryAuth(store), mock, "team-b/app") == [401]
+
+
+@pytest.mark.anyio
+async def test_a_token_serves_only_the_credentials_it_was_obtained_with() -> None:
+    store = CredentialStore()
+    alice = Keychain({"r.example": Credentials("alice", "a")})
+    store.grant("secret a/pull", alice, "r.example", "shared/app")
+    mock = ACLRegistry(USERS, {"alice": {"shared/app"}, "bob": {"shared/app"}}, bearer=True)
+    auth = RegistryAuth(store)
+    assert await _get(auth, mock, "shared/app") == [200]
+    alices_token = next(t for t, (user, _) in mock.tokens.items() if user == "alice")
+    # The same repository, now with bob's secret alone: alice's cached token is not used.
+    store.revoke("secret a/pull")
+    store.grant(
+        "secret b/pull", Keychain({"r.example": Credentials("bob", "b")}), "r.example", "shared/app"
+    )
+    mock.seen.clear()
+    assert await _get(auth, mock, "shared/app") == [200]
+    assert f"Bearer {alices_token}" not in {h for _, h in mock.seen}
+    assert ("token", _basic("bob", "b")) in mock.seen
+
+
+def test_token_cache_is_keyed_by_credentials() -> None:
+    cache = TokenCache()
+    alice, bob = Credentials("alice", "a"), Credentials("bob", "b")
+    cache.put("realm", "svc", "repository:x:pull", "tok", lifetime=60.0, identity=alice)
+    assert cache.get("realm", "svc", "repository:x:pull", alice) == "tok"
+    assert cache.get("realm", "svc", "repository:x:pull", bob) is None
+    assert cache.get("realm", "svc", "repository:x:pull") is None  # nor anonymously
+    assert cache.get("realm", "svc", "repository:y:pull", alice) is None
+
+
+def test_token_cache_sweeps_expired_tokens_of_credentials_gone() -> None:
+    now = [0.0]
+    cache = TokenCache(clock=lambda: now[0])
+    for n in range(1024):  # one token each for credentials rotated away since
+        cache.put("realm", "svc", "repository:x:pull", "old", 60.0, Credentials("u", str(n)))
+    now[0] = 100.0
+    cache.put("realm", "svc", "repository:x:pull", "new", 60.0, Credentials("u", "current"))
+    assert len(cache) == 1

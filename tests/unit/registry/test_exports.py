@@ -10,7 +10,9 @@ def test_exports() -> None:
     assert set(registry.__all__) == {
         "Challenge",
         "ContentRange",
+        "CredentialStore",
         "Credentials",
+        "DockerConfigFile",
         "FetchedManifest",
         "Keychain",
         "Reference",
