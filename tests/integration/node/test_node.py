@@ -9,6 +9,7 @@ whose kubelet cannot start fails with kubelet's log and leaves nothing behind.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import time
@@ -103,10 +104,10 @@ def test_pod_is_scheduled_pulled_run_and_logged(
 
     assert running["spec"]["nodeName"] == kube_node.name
     events = kube_node.kubectl_json("get", "events", "-n", node_namespace)["items"]
-    reasons = {(e["reason"], e["source"].get("component", "")) for e in events}
-    assert ("Scheduled", "default-scheduler") in reasons or any(
-        e["reason"] == "Scheduled" for e in events
-    ), reasons
+    reasons = {
+        (e["reason"], e.get("reportingComponent") or e["source"].get("component")) for e in events
+    }
+    assert ("Scheduled", "default-scheduler") in reasons, reasons
     assert any(e["reason"] == "Pulled" and busybox_ref in e["message"] for e in events), reasons
     # containerd fetched the manifest over plain http from the test registry.
     manifest_gets = [
@@ -117,10 +118,7 @@ def test_pod_is_scheduled_pulled_run_and_logged(
     assert manifest_gets, "the node never asked the registry for the image"
     # The pod has an address of its own, from the bridge network.
     assert running["status"]["podIP"] != kube_node.node_ip
-    assert running["status"]["podIP"] in {
-        str(ip)
-        for ip in kube_node.network.subnet.hosts()  # type: ignore[union-attr]
-    }
+    assert ipaddress.ip_address(running["status"]["podIP"]) in kube_node.pod_subnet
 
     deadline = time.monotonic() + 30
     while True:
