@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.agent",
     "tests.fixtures.kube",
     "tests.fixtures.operator",
+    "tests.fixtures.cluster",
 ]
