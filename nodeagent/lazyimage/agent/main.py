@@ -3,8 +3,9 @@
 It mounts one FUSE filesystem under ``<state-dir>/mnt``, where each remote layer is a
 subdirectory, keeps the verified chunk cache under ``<state-dir>/cache``, serves containerd's
 snapshotter API on ``--socket`` (snapshots under ``<state-dir>/snapshotter``), and serves
-/metrics, /healthz, /readyz, /status and the control API on ``--listen``. SIGTERM or SIGINT
-unmounts and exits cleanly.
+/metrics, /healthz, /readyz and /status on ``--listen`` (the control API only on
+``--control-socket``). SIGTERM or SIGINT stops it cleanly; the mount stays with the FUSE
+holder for the next agent (``lazyimage.holder``), unless ``--no-fuse-holder``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import statistics
 import tarfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.agent import AgentProcess
+from tests.fixtures.agent import AgentProcess, drop_page_cache
 from tests.fixtures.cri import CRINodeFactory, read_cri_log
 from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
@@ -63,11 +62,6 @@ def _expected_digests(image: TestImage) -> dict[str, str]:
                     found[name] = hashlib.sha256(data.read()).hexdigest()
     assert set(found) == set(FILES), set(FILES) - set(found)
     return {f"/{name}": digest for name, digest in found.items()}
-
-
-def _drop_page_cache() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def _reads_served(agent: AgentProcess) -> float:
@@ -126,7 +120,7 @@ def test_a_running_container_reads_on_across_20_agent_restarts(
             assert agent.stop() == 0  # SIGTERM, as an upgrade stops it
         stopped_at.append(time.time())
         # Whatever the container reads next waits for the new agent: not the page cache.
-        _drop_page_cache()
+        drop_page_cache()
         agent = cri_node_factory.restart_agent(agent, [registry.host], extra=extra)
         ready = time.time()
         deadline = time.monotonic() + 60

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from lazyimage import names
 
+from tests.fixtures.agent import drop_page_cache
 from tests.fixtures.faults import Fault, FaultProxy
 from tests.fixtures.images import TestImage
 from tests.fixtures.kube import KubeCluster
@@ -70,12 +71,6 @@ def _read_every_file(root: Path) -> int:
             if path.is_file() and not path.is_symlink():
                 total += len(path.read_bytes())
     return total
-
-
-def _drop_page_cache() -> None:
-    # So the reads after the bad orders reach the agent, not the kernel's copy.
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def test_bad_orders_fail_alone_and_the_agent_keeps_serving(
@@ -141,7 +136,7 @@ def test_bad_orders_fail_alone_and_the_agent_keeps_serving(
         # (the kernel's page cache dropped, so the reads reach the agent).
         assert agent.proc.poll() is None, agent.log()
         assert agent.request("GET", "/healthz") is not None
-        _drop_page_cache()
+        drop_page_cache()
         assert _read_every_file(served) == before
 
         # And a later order is carried out.
