@@ -16,6 +16,13 @@ Three images:
     ``/bin/busybox`` from the ``busybox-static`` package, a symlink per applet, and a
     minimal ``/etc``.
 
+``python-base``
+    the base the repository's ``Dockerfile`` is built on in the tests, in place of the
+    public ``python:3.11-slim-bookworm`` this machine cannot pull: Debian bookworm minbase
+    with python3.11, its standard library, ``venv`` with ``ensurepip``, and the CA
+    certificates, in one layer. apt stays usable (``apt-get update`` first, as in a slim
+    image).
+
 One more, for the cold-start benchmark only (``TEST_IMAGES`` leaves it out, so the test
 command never builds it):
 
@@ -37,6 +44,7 @@ __all__ = [
     "NUMPY_PROBE_CODE",
     "NUMPY_PROBE_OUTPUT",
     "PYTHON",
+    "PYTHON_BASE",
     "PYTHON_PROBE_CODE",
     "PYTHON_PROBE_OUTPUT",
     "PYTHON_TOP",
@@ -268,6 +276,22 @@ PYTHON_V2 = VariantRecipe(
     append_text='\nLAZYIMAGE_VARIANT = "v2"\n',
 )
 
+PYTHON_BASE = DebootstrapRecipe(
+    name="python-base",
+    revision=1,
+    suite="bookworm",
+    arch="amd64",
+    variant="minbase",
+    include=("python3-minimal", "libpython3.11-stdlib", "python3-venv", "ca-certificates"),
+    chroot_commands=(("/usr/bin/python3", "-m", "compileall", "-q", "/usr/lib/python3.11"),),
+    prune=_PRUNE,
+    base_comment="Debian bookworm minbase with python3.11, venv and CA certificates",
+    splits=(),
+    top=None,
+    env=(STANDARD_PATH, "LANG=C.UTF-8"),
+    cmd=("python3",),
+)
+
 BUSYBOX = BusyboxRecipe(
     name="busybox",
     revision=1,
@@ -329,6 +353,6 @@ NUMPY = DebootstrapRecipe(
     cmd=("python3",),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (PYTHON, PYTHON_V2, BUSYBOX, NUMPY)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PYTHON, PYTHON_V2, BUSYBOX, PYTHON_BASE, NUMPY)}
 # What the tests use, and what `python -m tests.images build` builds by default.
-TEST_IMAGES = ("python", "python-v2", "busybox")
+TEST_IMAGES = ("python", "python-v2", "busybox", "python-base")

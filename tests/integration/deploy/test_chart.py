@@ -70,6 +70,8 @@ def test_renders_both_components(helm: Helm) -> None:
     assert agent["image"] == "lazyimage:0.1.0"
     assert agent["command"] == ["lazyimage-agent"]
     assert agent["securityContext"]["privileged"] is True
+    # The image runs as nobody; only the agent is set back to root.
+    assert agent["securityContext"]["runAsUser"] == 0
     env = {item["name"]: item for item in agent["env"]}
     assert env["LAZYIMAGE_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["LAZYIMAGE_LISTEN"]["value"] == "0.0.0.0:9090"
