@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,10 @@ def remove_lazy_pods(node: KubeNode, namespace: str, ref: str) -> None:
     """Stop and remove the namespace's pods and the image ``ref`` through CRI, now, while the
     agent still serves their snapshots (kubelet would take its time). Run again once nothing
     is left, it removes nothing."""
+    # First the API objects, so that kubelet does not start them again.
+    node.kubectl(
+        "delete", "pods", "--all", "-n", namespace, "--wait=true", "--timeout=120s", check=False
+    )
     sandboxes = [
         info["ID"]
         for info in pod_containers(node, namespace)
@@ -145,6 +151,21 @@ def remove_lazy_pods(node: KubeNode, namespace: str, ref: str) -> None:
         client.remove_image(ref)  # every reference CRI made for it, so its snapshots go
     finally:
         client.close()
+
+
+def remove_lazy_snapshots(node: KubeNode) -> None:
+    """Remove what containerd records in the ``lazyimage`` snapshotter (the pause image's
+    layer stays there after its pods, pinned), children first: the next test's agent starts
+    with no snapshots, and containerd must not believe it has them."""
+    while True:
+        listed = node.containerd.ctr("snapshots", "--snapshotter", "lazyimage", "ls")
+        rows = [line.split() for line in listed.splitlines()[1:] if line.strip()]
+        if not rows:
+            return
+        parents = {row[1] for row in rows if len(row) == 3}
+        leaves = [row[0] for row in rows if row[0] not in parents]
+        assert leaves, rows
+        node.containerd.ctr("snapshots", "--snapshotter", "lazyimage", "rm", *leaves)
 
 
 def assert_lazy(
@@ -167,6 +188,45 @@ def assert_lazy(
     return registry_bytes(registry, layers)
 
 
+@contextmanager
+def lazy_node(
+    node: KubeNode, agent: AgentProcess, namespace: str, ref: str, helm_home: Path
+) -> Iterator[None]:
+    """The node with the chart's drop-in (pointed at ``agent``) and RuntimeClass, for one test;
+    afterwards the namespace's pods and the image ``ref`` are removed while the agent still
+    serves them, and the node's containerd is back to its own configuration."""
+    runtime_class = chart_runtime_class(helm_home)
+    node.add_containerd_dropin("lazyimage", node_dropin(DROPIN.read_text(), agent, node))
+    try:
+        node.restart_containerd()
+        deadline = time.monotonic() + 60
+        while HANDLER not in runtime_handlers(node):
+            assert time.monotonic() < deadline, runtime_handlers(node)
+            time.sleep(_POLL)
+        node.kubectl("apply", "-f", "-", input=runtime_class)
+        yield
+    finally:
+        remove_lazy_pods(node, namespace, ref)
+        remove_lazy_snapshots(node)
+        node.kubectl("delete", "-f", "-", "--ignore-not-found", input=runtime_class)
+        node.remove_containerd_dropin("lazyimage")
+        node.restart_containerd()
+
+
+def wait_container_error(node: KubeNode, namespace: str, pod: str) -> str:
+    """The message of the pod's container waiting in CreateContainerError."""
+    deadline = time.monotonic() + POD_TIMEOUT
+    while True:
+        status = node.kubectl_json("get", "pod", pod, "-n", namespace)["status"]
+        for container in status.get("containerStatuses") or []:
+            waiting = container.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") == "CreateContainerError":
+                return str(waiting.get("message", ""))
+        assert status.get("phase") == "Pending", status
+        assert time.monotonic() < deadline, status
+        time.sleep(_POLL)
+
+
 def test_runtime_class_runs_lazily_and_others_stay_on_overlayfs(
     kube_node: KubeNode,
     node_namespace: str,
@@ -183,18 +243,9 @@ def test_runtime_class_runs_lazily_and_others_stay_on_overlayfs(
     compressed = sum(layer.size for layer in image.layers)
     kube_node.trust_registry(registry.host)
     agent = agent_factory([registry.host], extra=["--no-background-fill"])
-    runtime_class = chart_runtime_class(tmp_path / "helm-home")
 
-    kube_node.add_containerd_dropin("lazyimage", node_dropin(DROPIN.read_text(), agent, kube_node))
-    try:
-        kube_node.restart_containerd()
-        deadline = time.monotonic() + 60
-        while HANDLER not in runtime_handlers(kube_node):
-            assert time.monotonic() < deadline, runtime_handlers(kube_node)
-            time.sleep(_POLL)
-        kube_node.kubectl("apply", "-f", "-", input=runtime_class)
+    with lazy_node(kube_node, agent, node_namespace, image.ref, tmp_path / "helm-home"):
         registry.clear_access_log()
-
         # 1. The RuntimeClass, and the annotation that tells containerd 2.4 to pull with the
         # handler's snapshotter (kubelet passes no runtime handler to PullImage unless its
         # RuntimeClassInImageCriApi gate is on).
@@ -237,6 +288,7 @@ def test_runtime_class_runs_lazily_and_others_stay_on_overlayfs(
         # the agent stopped, containerd restarts with the drop-in, the node is Ready, and a pod
         # pulls and starts.
         remove_lazy_pods(kube_node, node_namespace, image.ref)
+        remove_lazy_snapshots(kube_node)
         agent.stop()
         kube_node.restart_containerd()
         busybox_pod = probe_pod("agent-down", busybox)
@@ -245,8 +297,50 @@ def test_runtime_class_runs_lazily_and_others_stay_on_overlayfs(
         assert {c["Snapshotter"] for c in pod_containers(kube_node, node_namespace)} == {
             "overlayfs"
         }
-    finally:
+
+
+def test_the_annotation_is_what_makes_the_pull_lazy(
+    kube_node: KubeNode,
+    node_namespace: str,
+    registry: RegistryServer,
+    python_image: TestImage,
+    agent_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """What containerd 2.4 and kubelet 1.34 do without the pod annotation, and to a pod
+    without the RuntimeClass once an image was pulled lazily (README, "With containerd 2.x
+    and a RuntimeClass")."""
+    converted = push_estargz(python_image, registry, "node/python")
+    image = read_image(registry, converted.ref)
+    layers = {layer.digest for layer in image.layers}
+    kube_node.trust_registry(registry.host)
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+
+    with lazy_node(kube_node, agent, node_namespace, image.ref, tmp_path / "helm-home"):
+        # The RuntimeClass alone: kubelet pulls with the default snapshotter (the layers are
+        # downloaded in full), then containerd unpacks them into the agent's snapshotter from
+        # its content store. The pod runs, on lazily mounted layers, with nothing saved.
+        registry.clear_access_log()
+        assert run_pod(
+            kube_node, node_namespace, probe_pod("class-only", image.ref, runtimeClassName=HANDLER)
+        ) == [PYTHON_PROBE_OUTPUT]
+        containers = pod_containers(kube_node, node_namespace, "class-only")
+        assert {c["Snapshotter"] for c in containers} == {"lazyimage"}
+        assert layers <= content_digests(kube_node)
+        assert registry_bytes(registry, sorted(layers)) >= sum(layer.size for layer in image.layers)
         remove_lazy_pods(kube_node, node_namespace, image.ref)
-        kube_node.kubectl("delete", "-f", "-", "--ignore-not-found", input=runtime_class)
-        kube_node.remove_containerd_dropin("lazyimage")
-        kube_node.restart_containerd()
+        remove_lazy_snapshots(kube_node)
+
+        # Pulled lazily, the image is present for kubelet, but containerd has no layer blobs
+        # to unpack into overlayfs: a pod without the RuntimeClass (IfNotPresent) cannot start.
+        lazy = probe_pod("lazy", image.ref, runtimeClassName=HANDLER)
+        lazy["metadata"]["annotations"] = {RUNTIME_HANDLER_ANNOTATION: HANDLER}
+        assert run_pod(kube_node, node_namespace, lazy) == [PYTHON_PROBE_OUTPUT]
+        assert not layers & content_digests(kube_node)
+        kube_node.kubectl(
+            "create", "-n", node_namespace, "-f", "-",
+            input=json.dumps(probe_pod("plain", image.ref)),
+        )  # fmt: skip
+        message = wait_container_error(kube_node, node_namespace, "plain")
+        assert "error unpacking image" in message and "not found" in message, message
+        assert image.layers[0].digest in message
