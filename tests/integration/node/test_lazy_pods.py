@@ -257,6 +257,7 @@ def test_runtime_class_runs_lazily_and_others_stay_on_overlayfs(
         assert {c["Snapshotter"] for c in containers} == {"lazyimage"}
         log = kube_node.containerd.log_path.read_text(errors="replace")
         assert f"for runtime {HANDLER}, using snapshotter lazyimage" in log
+        assert "Using deprecated annotation" in log  # containerd 2.4: gone in 2.5
         lazy_bytes = assert_lazy(agent, kube_node, image, registry)
         print(f"lazy pod: registry served {lazy_bytes} of the layers' {compressed} bytes")
         record_property("lazy_layer_bytes", lazy_bytes)
@@ -344,3 +345,67 @@ def test_the_annotation_is_what_makes_the_pull_lazy(
         message = wait_container_error(kube_node, node_namespace, "plain")
         assert "error unpacking image" in message and "not found" in message, message
         assert image.layers[0].digest in message
+
+
+@contextmanager
+def kubelet_feature_gate(
+    node: KubeNode, gate: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """kubelet restarted with ``gate`` on, and restarted as it was afterwards."""
+    kubelet = node.kubelet
+    assert kubelet is not None
+    config = kubelet.config()
+
+    def with_gate() -> dict[str, object]:
+        return {**config, "featureGates": {gate: True}}
+
+    kubelet.stop()
+    monkeypatch.setattr(kubelet, "config", with_gate)
+    try:
+        kubelet.start(120)
+        node.wait_ready()
+        yield
+    finally:
+        kubelet.stop()
+        monkeypatch.undo()
+        kubelet.start(120)
+        node.wait_ready()
+
+
+def test_kubelet_gate_passes_the_handler_without_the_annotation(
+    kube_node: KubeNode,
+    node_namespace: str,
+    registry: RegistryServer,
+    python_image: TestImage,
+    agent_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kubelet's RuntimeClassInImageCriApi gate: PullImage carries the pod's runtime handler,
+    so the RuntimeClass alone makes the pull lazy."""
+    converted = push_estargz(python_image, registry, "node/python")
+    image = read_image(registry, converted.ref)
+    compressed = sum(layer.size for layer in image.layers)
+    kube_node.trust_registry(registry.host)
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+
+    with (
+        lazy_node(kube_node, agent, node_namespace, image.ref, tmp_path / "helm-home"),
+        kubelet_feature_gate(kube_node, "RuntimeClassInImageCriApi", monkeypatch),
+    ):
+        log_before = kube_node.containerd.log_path.stat().st_size
+        registry.clear_access_log()
+        pod = probe_pod("gated", image.ref, runtimeClassName=HANDLER)
+        assert RUNTIME_HANDLER_ANNOTATION not in json.dumps(pod)
+        assert run_pod(kube_node, node_namespace, pod) == [PYTHON_PROBE_OUTPUT]
+        assert {c["Snapshotter"] for c in pod_containers(kube_node, node_namespace)} == {
+            "lazyimage"
+        }
+        with kube_node.containerd.log_path.open("rb") as log:
+            log.seek(log_before)
+            pulled = log.read().decode(errors="replace")
+        assert f"for runtime {HANDLER}, using snapshotter lazyimage" in pulled
+        assert "deprecated annotation" not in pulled  # the handler came in the request
+        lazy_bytes = assert_lazy(agent, kube_node, image, registry)
+        print(f"kubelet gate: registry served {lazy_bytes} of the layers' {compressed} bytes")
+        assert lazy_bytes < compressed / 2
