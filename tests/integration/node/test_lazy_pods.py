@@ -6,7 +6,13 @@ containerd-dropin.toml``, pointed at this agent's socket and state), and the Run
 chart's own manifest. A pod of the class is pulled and run through the ``lazyimage``
 snapshotter: its layers are mounted by the agent, containerd's content store never holds them,
 and the registry serves a fraction of the image. The same image in a pod without the class is
-pulled in full into containerd's overlayfs snapshotter, which the agent never sees.
+pulled in full into containerd's overlayfs snapshotter, which the agent never sees, and pods
+without the class start with the agent stopped.
+
+What makes the pull lazy is that containerd learns the pod's handler at PullImage: from the
+pod annotation ``io.containerd.cri.runtime-handler`` or from kubelet's RuntimeClassInImageCriApi
+gate. With neither, the layers are downloaded in full. And an image pulled lazily has no layer
+blobs on the node, so a pod of it without the class needs a pull of its own.
 """
 
 from __future__ import annotations
