@@ -111,9 +111,10 @@ def test_runtime_class_opts_pods_in(helm: Helm) -> None:
     assert runtime_class["metadata"]["name"] == "lazyimage"
     # The containerd runtime that files/containerd-dropin.toml defines.
     assert runtime_class["handler"] == "lazyimage"
-    assert (
-        "containerd.runtimes.lazyimage]" in (CHART / "files" / "containerd-dropin.toml").read_text()
-    )
+    dropin = (CHART / "files" / "containerd-dropin.toml").read_text()
+    assert "containerd.runtimes.lazyimage]" in dropin
+    # The README shows the file users install, as it is.
+    assert f"```toml\n{dropin}```" in (CHART.parents[1] / "README.md").read_text()
     renamed = manifests(
         helm.template(
             NAMESPACE, "--set", "runtimeClass.name=lazy", "--set", "runtimeClass.handler=lz"
