@@ -57,6 +57,7 @@ def test_renders_both_components(helm: Helm) -> None:
         + ["ClusterRoleBinding"] * 2
         + ["DaemonSet", "Deployment"]
         + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+        + ["RuntimeClass"]
     )
     assert not by_kind(objects, "CustomResourceDefinition")  # only with --include-crds
 
@@ -105,6 +106,28 @@ def test_renders_both_components(helm: Helm) -> None:
     assert "--liveness=http://0.0.0.0:8080/healthz" in operator["args"]
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert operator["ports"][0]["containerPort"] == 8080
+
+
+def test_runtime_class_opts_pods_in(helm: Helm) -> None:
+    runtime_class = _one(manifests(helm.template(NAMESPACE)), "RuntimeClass")
+    assert runtime_class["metadata"]["name"] == "lazyimage"
+    # The containerd runtime that files/containerd-dropin.toml defines.
+    assert runtime_class["handler"] == "lazyimage"
+    dropin = (CHART / "files" / "containerd-dropin.toml").read_text()
+    assert "containerd.runtimes.lazyimage]" in dropin
+    # The README shows the file users install, as it is.
+    assert f"```toml\n{dropin}```" in (CHART.parents[1] / "README.md").read_text()
+    renamed = manifests(
+        helm.template(
+            NAMESPACE, "--set", "runtimeClass.name=lazy", "--set", "runtimeClass.handler=lz"
+        )
+    )
+    assert (
+        _one(renamed, "RuntimeClass")["metadata"]["name"],
+        _one(renamed, "RuntimeClass")["handler"],
+    ) == ("lazy", "lz")
+    for off in ("runtimeClass.enabled=false", "agent.enabled=false"):
+        assert not by_kind(manifests(helm.template(NAMESPACE, "--set", off)), "RuntimeClass"), off
 
 
 def test_rbac_rules(helm: Helm) -> None:
@@ -259,6 +282,7 @@ def test_package_holds_the_crds(helm: Helm, tmp_path: Path) -> None:
         ("operator.ordersPerNode=0", "ordersPerNode"),
         ("agent.updateStrategy.type=Sometimes", "updateStrategy"),
         ("agent.logLevel=loud", "logLevel"),
+        ("runtimeClass.name=Not_A_Name", "runtimeClass"),
     ],
 )
 def test_values_schema_refuses(helm: Helm, setting: str, complaint: str) -> None:
