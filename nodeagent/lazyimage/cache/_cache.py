@@ -172,10 +172,13 @@ class ChunkCache:
         return memoryview(buffer)[:size]
 
     def contains(self, digest: str) -> bool:
-        """True if the chunk is stored. A stored file that fails its first check reads as a miss."""
+        """True if the chunk is stored. A stored file that fails its first check reads as a miss.
+
+        A chunk asked about counts as used: an image whose fill finds a chunk that another
+        image brought keeps it from eviction as long as its own chunks."""
         key = chunk_key(digest)
         with self._lock:
-            return not self._closed and key in self._index
+            return not self._closed and self._index.touch(key) is not None
 
     def put(self, digest: str, data: Data) -> bool:
         """Store a chunk the caller has verified. False if it was not stored; never raises
