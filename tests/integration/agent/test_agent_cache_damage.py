@@ -16,18 +16,17 @@ from tests.fixtures.agent import AgentProcess
 from tests.fixtures.images import TestImage
 from tests.fixtures.registry import RegistryServer
 from tests.integration.agent.lazyimage_env import push_estargz
-from tests.integration.agent.test_agent_faults import JSON_DECODER, _mount_all, _toc_of
+from tests.integration.agent.test_agent_faults import (
+    JSON_DECODER,
+    _drop_page_cache,
+    _mount_all,
+    _toc_of,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 COLORSYS = "usr/lib/python3.11/colorsys.py"
 DISCARDED = "lazyimage_cache_discarded_chunks_total"
-
-
-def _drop_page_cache() -> None:
-    """So the next read of a file reaches the agent, and the agent's read reaches the disk."""
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def _discarded(agent: AgentProcess, reason: str) -> float:
