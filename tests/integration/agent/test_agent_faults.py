@@ -380,3 +380,51 @@ def _drop_page_cache() -> None:
     """So the next read of a file reaches the agent."""
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def test_a_cache_disk_that_fills_up_during_the_background_fill(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    """The cap is larger than the disk: the fill runs the disk full (ENOSPC) and goes on;
+    reads still succeed, nothing torn is left, and the cache's count matches the disk."""
+    image = push_estargz(python_image, registry, "lazy/python")
+    state = tmp_path / "state"
+    cache_dir = state / "cache"
+    cache_dir.mkdir(parents=True)
+    cap = 64 << 20
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(cache_dir)], check=True)
+    try:
+        agent = agent_factory(
+            [registry.host],
+            extra=["--background-quiet", "0", "--cache-size", str(cap)],
+            state_dir=state,
+        )
+        merged = overlay(list(reversed(_mount_all(agent, image))), tmp_path / "merged")
+        done = _probe(merged)  # while the fill runs
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
+        while not all(layer["fillDone"] for layer in agent.request("GET", "/v1/layers")):
+            time.sleep(0.2)  # the test's timeout bounds the fill
+        errors = [
+            v for k, v in agent.metrics().items()
+            if k.startswith("lazyimage_cache_write_errors_total{") and "ENOSPC" in k
+        ]  # fmt: skip
+        assert sum(errors) >= 1
+        assert _probe(merged).stdout.strip() == PYTHON_PROBE_OUTPUT  # after it, too
+
+        def files() -> list[Path]:
+            return [p for p in cache_dir.rglob("*") if p.is_file() and p.name != ".lock"]
+
+        # The probe's chunks are written behind its reads: wait for the last write to end
+        # (the test's timeout bounds it), then the count matches the disk, byte for byte.
+        while agent.request("GET", "/status")["cache"]["bytes"] != sum(
+            p.stat().st_size for p in files()
+        ):
+            time.sleep(0.2)
+        assert [p for p in files() if p.name.startswith(".tmp")] == []
+        for path in files():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, path
+        assert sum(p.stat().st_size for p in files()) <= cap
+        agent.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
