@@ -78,7 +78,7 @@ def test_an_agent_killed_mid_write_and_mid_read(
         second = agent_factory([proxy.host], extra=flags, state_dir=state)
         [loaded] = [e for e in second.log_events() if e.get("event") == "cache.loaded"]
         assert loaded["temps_removed"] >= 1
-        assert not left.exists() and _temp_files(cache) == []
+        assert not left.exists()  # (its own fill may be writing others by now)
 
         # A file not cached yet, read while every request for its layer is held.
         stored = {p.name for p in (cache / "sha256").glob("*/*")}
@@ -116,7 +116,7 @@ def test_an_agent_killed_mid_write_and_mid_read(
                 reader.kill()
         assert reader.returncode == 0, err
         assert out == expected
-        assert third.proc.poll() is None
+        assert third.stop() == 0  # so that no write of its own fill is under way below
 
     # Nothing torn or stray: every chunk file holds the bytes its name says.
     assert _temp_files(cache) == []
