@@ -13,6 +13,7 @@ from lazyimage.names import METRIC_PREFIX
 __all__ = [
     "CACHE_BYTES",
     "CACHE_CHUNKS",
+    "CACHE_DISCARDED",
     "CACHE_EVICTIONS",
     "CACHE_HITS",
     "CACHE_MISSES",
@@ -85,6 +86,13 @@ CACHE_BYTES = Gauge(f"{P}cache_bytes", "Bytes held in the chunk cache.", registr
 CACHE_CHUNKS = Gauge(f"{P}cache_chunks", "Chunks held in the chunk cache.", registry=REGISTRY)
 CACHE_EVICTIONS = Counter(
     f"{P}cache_evictions", "Chunks evicted to keep the cache under its cap.", registry=REGISTRY
+)
+CACHE_DISCARDED = Counter(
+    f"{P}cache_discarded_chunks",
+    "Chunk files found damaged (torn, changed) or unreadable on disk and removed; "
+    "the chunk is fetched again.",
+    ["reason"],
+    registry=REGISTRY,
 )
 CACHE_WRITE_ERRORS = Counter(
     f"{P}cache_write_errors",

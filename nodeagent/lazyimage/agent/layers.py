@@ -81,6 +81,8 @@ class MountedLayer:
     prefetch_done: trio.Event = field(default_factory=trio.Event)
     fill_done: trio.Event = field(default_factory=trio.Event)
     prefetch_error: str = ""
+    # Cancelled at unmount: the layer's prefetch and background fill end there and then.
+    prefetch_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def image(self) -> str:
@@ -284,9 +286,12 @@ class LayerManager:
             if layer.users > 0:
                 return
             del self._layers[name]
+            # Before any await: not one more range of this layer is asked for once the
+            # last user let it go (containerd removing the image's snapshots).
+            layer.prefetch_scope.cancel()
+            layer.fetcher.close()
             await self._fs.remove_layer(name)
             await self._save_book()
-            layer.fetcher.close()
             hits, misses = self._past_counts.get(layer.spec.digest, (0, 0))
             self._past_counts[layer.spec.digest] = (
                 hits + layer.fetcher.cache_hits,
@@ -415,17 +420,19 @@ class LayerManager:
 
     async def _prefetch_layer(self, layer: MountedLayer, background: bool) -> None:
         try:
-            await layer.fetcher.prefetch(_zone_chunks(layer.tree), Priority.PREFETCH)
-            layer.prefetch_done.set()
-            if background:
-                # Lazily: the fetcher takes the layer's chunks a window at a time.
-                await layer.fetcher.prefetch(layer.tree.all_chunks(), Priority.BACKGROUND)
-                layer.fill_done.set()
-                await trio.to_thread.run_sync(_release_memory)
+            with layer.prefetch_scope:  # an unmount ends it
+                await layer.fetcher.prefetch(_zone_chunks(layer.tree), Priority.PREFETCH)
+                layer.prefetch_done.set()
+                if background:
+                    # Lazily: the fetcher takes the layer's chunks a window at a time.
+                    await layer.fetcher.prefetch(layer.tree.all_chunks(), Priority.BACKGROUND)
+                    layer.fill_done.set()
+                    await trio.to_thread.run_sync(_release_memory)
         except errors.LazyImageError as exc:
-            # Prefetch is an optimisation: reads still fetch on demand.
-            layer.prefetch_error = str(exc)
-            log.warning("prefetch_failed", layer=layer.spec.digest, error=str(exc))
+            if not layer.prefetch_scope.cancel_called:
+                # Prefetch is an optimisation: reads still fetch on demand.
+                layer.prefetch_error = str(exc)
+                log.warning("prefetch_failed", layer=layer.spec.digest, error=str(exc))
         except Exception as exc:
             # This task runs in the agent's own nursery: anything escaping would end the
             # agent and every mount it serves, for the sake of an optimisation.
@@ -433,6 +440,8 @@ class LayerManager:
             log.exception("prefetch_crashed", layer=layer.spec.digest)
         finally:
             layer.prefetch_done.set()
+            if layer.prefetch_scope.cancel_called and not layer.fill_done.is_set():
+                log.info("prefetch_stopped", layer=layer.spec.digest, reason="unmounted")
 
 
 @dataclass

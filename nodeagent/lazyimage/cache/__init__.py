@@ -6,7 +6,8 @@
     with cache.pinned(digests): ...                   # not evicted while a read needs them
 
 Layout: ``ROOT/sha256/ab/<64 hex>``. Writes are crash-safe (temp file, fsync, rename);
-files found at start are hashed on first read and deleted if they do not match their name.
+files found at start, and files changed on disk since they were written (a stamp check per
+read), are hashed before they are served and deleted if they do not match their name.
 
 Every method is thread-safe. ``read``, ``put`` and the constructor do file I/O (and the first
 read of a file found at start hashes it), so call them from worker threads; ``contains``,

@@ -5,7 +5,11 @@ I/O: opens, reads, writes, hashing and unlinks all happen outside it.
 
 Trust: chunks written by ``put`` were verified by the caller. Files found on disk at start
 may be torn or edited, so each is hashed on its first read and deleted on a mismatch (the
-read is then a miss and the caller fetches the chunk again).
+read is then a miss and the caller fetches the chunk again). While the cache runs, each read
+compares the file's stamp (inode, size, mtime, ctime) with the one taken when it was written
+or hashed, one ``fstat`` on the open fd: a file written, truncated or replaced since is
+hashed again before a byte of it is served. Damage that changes no stamp (the disk's own bit
+rot) is the filesystem's to catch.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from lazyimage.cache._digest import chunk_key, key_hex
 from lazyimage.cache._evict import Entry, LruIndex, Reservation
 from lazyimage.cache._fds import FdTable, Handle
 from lazyimage.cache._report import WriteErrorReporter
-from lazyimage.cache._store import ChunkFiles
+from lazyimage.cache._store import ChunkFiles, Stamp, stamp_of
 
 __all__ = ["DEFAULT_OPEN_FILES", "CacheStats", "ChunkCache"]
 
@@ -89,25 +93,34 @@ class ChunkCache:
             entry = None if self._closed else self._index.touch(key)
         if entry is None:
             return None
-        if not entry.verified and not self._verify(key, entry):
-            return None
-        handle = self._borrow(key, entry)
-        if handle is None:
-            return None
-        end = entry.size if length is None else min(entry.size, offset + length)
-        want = max(0, end - offset)
-        try:
-            data = _pread(handle.fd, want, offset)
-        except OSError as exc:
-            self._discard(key, entry, "read_failed", errno=errno.errorcode.get(exc.errno or 0))
-            return None
-        finally:
-            self._release(handle)
-        if len(data) != want:
-            # The file shrank after it was checked: never serve a short chunk.
-            self._discard(key, entry, "truncated", size=entry.size)
-            return None
-        return data
+        for _ in range(2):  # once more if the file changed since it was checked
+            if not entry.verified and not self._verify(key, entry):
+                return None
+            handle = self._borrow(key, entry)
+            if handle is None:
+                return None
+            end = entry.size if length is None else min(entry.size, offset + length)
+            want = max(0, end - offset)
+            try:
+                data = _pread(handle.fd, want, offset)
+                # After the read: a change made before it shows in the stamp.
+                stamp = stamp_of(os.fstat(handle.fd))
+            except OSError as exc:
+                errno_name = errno.errorcode.get(exc.errno or 0)
+                self._discard(key, entry, "read_failed", errno=errno_name)
+                return None
+            finally:
+                self._release(handle)
+            if stamp != entry.stamp:
+                # Written, truncated or replaced since it was checked: hash it again
+                # before serving a byte of it.
+                self._distrust(key, entry)
+                continue
+            if len(data) != want:
+                self._discard(key, entry, "truncated", size=entry.size)
+                return None
+            return data
+        return None
 
     def read_resident(
         self, digest: str, offset: int = 0, length: int | None = None
@@ -136,12 +149,15 @@ class ChunkCache:
             return None
         try:
             got = os.preadv(handle.fd, [buffer], offset, os.RWF_NOWAIT)
+            stamp = stamp_of(os.fstat(handle.fd))
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 self._nowait = False  # the filesystem cannot: always use ``read``
             return None  # EAGAIN (not in memory), or an error ``read`` will report
         finally:
             self._release(handle)
+        if stamp != entry.stamp:
+            return None  # changed on disk: ``read`` checks it again
         return bytes(buffer) if got == want else None
 
     def _buffer(self, size: int) -> memoryview | None:
@@ -156,10 +172,13 @@ class ChunkCache:
         return memoryview(buffer)[:size]
 
     def contains(self, digest: str) -> bool:
-        """True if the chunk is stored. A stored file that fails its first check reads as a miss."""
+        """True if the chunk is stored. A stored file that fails its first check reads as a miss.
+
+        A chunk asked about counts as used: an image whose fill finds a chunk that another
+        image brought keeps it from eviction as long as its own chunks."""
         key = chunk_key(digest)
         with self._lock:
-            return not self._closed and key in self._index
+            return not self._closed and self._index.touch(key) is not None
 
     def put(self, digest: str, data: Data) -> bool:
         """Store a chunk the caller has verified. False if it was not stored; never raises
@@ -177,19 +196,19 @@ class ChunkCache:
         if reservation.victims:
             metrics.CACHE_EVICTIONS.inc(len(reservation.victims))
         self._unlink(reservation.victims, reservation)  # before writing: the cap holds on disk
-        stored = False
+        stamp: Stamp | None = None
         try:
-            stored = self._write(key, data, size)
+            stamp = self._write(key, data, size)
         finally:
             with self._lock:
                 del self._writing[key]
-                if stored:
-                    self._index.commit(key, reservation)
+                if stamp is not None:
+                    self._index.commit(key, reservation, stamp)
                 else:
                     self._index.unreserve(reservation)
                 self._publish()
             done.set()
-        return stored
+        return stamp is not None
 
     @contextmanager
     def pinned(self, digests: Iterable[str]) -> Iterator[None]:
@@ -305,12 +324,14 @@ class ChunkCache:
                 return entry.verified and self._index.get(key) is entry
         ok = False
         problem: tuple[str, dict[str, object]] | None = None
+        stamp: Stamp | None = None
         try:
-            ok, problem = self._check_file(key, entry)
+            ok, problem, stamp = self._check_file(key, entry)
         finally:
             with self._lock:
                 entry.verifying = None
                 entry.verified = ok
+                entry.stamp = stamp
             if problem is not None:
                 reason, fields = problem
                 self._discard(key, entry, reason, **fields)  # before waking the waiters
@@ -319,28 +340,40 @@ class ChunkCache:
 
     def _check_file(
         self, key: bytes, entry: Entry
-    ) -> tuple[bool, tuple[str, dict[str, object]] | None]:
+    ) -> tuple[bool, tuple[str, dict[str, object]] | None, Stamp | None]:
+        """Hash the file: whether it holds the chunk, why not, and its stamp if it does."""
         handle = self._borrow(key, entry)
         if handle is None:
-            return False, None  # evicted, gone, or out of fds: a miss, nothing to delete
+            return False, None, None  # evicted, gone, or out of fds: a miss, nothing to delete
         digest = hashlib.sha256()
         buffer = bytearray(_HASH_BLOCK)
         view = memoryview(buffer)
         position = 0
         try:
+            before = stamp_of(os.fstat(handle.fd))
             while n := os.preadv(handle.fd, [buffer], position):
                 digest.update(view[:n])
                 position += n
+            after = stamp_of(os.fstat(handle.fd))
         except OSError as exc:
-            return False, ("read_failed", {"errno": errno.errorcode.get(exc.errno or 0)})
+            return False, ("read_failed", {"errno": errno.errorcode.get(exc.errno or 0)}), None
         finally:
             view.release()
             self._release(handle)
         if position != entry.size:
-            return False, ("size_changed", {"size": entry.size, "found": position})
+            return False, ("size_changed", {"size": entry.size, "found": position}), None
         if digest.digest() != key:
-            return False, ("digest_mismatch", {"found": f"sha256:{digest.hexdigest()}"})
-        return True, None
+            found = f"sha256:{digest.hexdigest()}"
+            return False, ("digest_mismatch", {"found": found}), None
+        if before != after:
+            return False, ("changed_while_checked", {}), None
+        return True, None, after
+
+    def _distrust(self, key: bytes, entry: Entry) -> None:
+        """The entry's file changed since it was checked: the next read hashes it again."""
+        with self._lock:
+            if self._index.get(key) is entry and entry.verifying is None:
+                entry.verified = False
 
     def _borrow(self, key: bytes, entry: Entry) -> Handle | None:
         """A borrowed fd on ``entry``'s file, or None if it is no longer indexed or gone."""
@@ -390,6 +423,7 @@ class ChunkCache:
             self._fds.drop(key, to_close)
             self._publish()
         _close_all(to_close)
+        metrics.CACHE_DISCARDED.labels(reason).inc()
         log.warning(
             "cache.chunk_discarded", digest=f"sha256:{key_hex(key)}", reason=reason, **fields
         )
@@ -409,15 +443,15 @@ class ChunkCache:
             self._index.unlinked(keys, reservation)
             self._publish()
 
-    def _write(self, key: bytes, data: Data, size: int) -> bool:
+    def _write(self, key: bytes, data: Data, size: int) -> Stamp | None:
+        """Write a chunk file: its stamp, or None if it could not be written."""
         try:
             with self._files.begin(key) as writer:
                 writer.write(data)
-                writer.commit()
+                return writer.commit()
         except OSError as exc:
             self._reporter.report(exc, key=key_hex(key), size=size, root=str(self._files.root))
-            return False
-        return True
+            return None
 
     def _publish(self) -> None:
         metrics.CACHE_BYTES.set(self._index.used)

@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from lazyimage.cache._store import Stamp
+
 __all__ = ["Entry", "LruIndex", "Reservation"]
 
 
@@ -28,6 +30,9 @@ class Entry:
     size: int
     verified: bool
     verifying: threading.Event | None = None
+    # The file as it was when verified (written by us, or hashed): a read that finds the
+    # file changed since hashes it again before serving a byte.
+    stamp: Stamp | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -155,9 +160,9 @@ class LruIndex:
             self._reserved += reservation.backed
             reservation.backed = 0
 
-    def commit(self, key: bytes, reservation: Reservation) -> Entry:
+    def commit(self, key: bytes, reservation: Reservation, stamp: Stamp | None = None) -> Entry:
         """Turn a reservation into an indexed, trusted chunk."""
-        entry = Entry(reservation.size, verified=True)
+        entry = Entry(reservation.size, verified=True, stamp=stamp)
         self.unreserve(reservation)
         self.add(key, entry)
         return entry

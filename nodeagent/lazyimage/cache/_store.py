@@ -20,11 +20,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-__all__ = ["ChunkFiles", "ScanResult", "ScannedChunk", "Writer"]
+__all__ = ["ChunkFiles", "ScanResult", "ScannedChunk", "Stamp", "Writer", "stamp_of"]
 
 TEMP_PREFIX = ".tmp-"
 _KEY = re.compile(r"[0-9a-f]{64}")
 _FANOUT = [f"{i:02x}" for i in range(256)]
+
+
+class Stamp(NamedTuple):
+    """What changes whenever a file is written, truncated or replaced: the inode, its size,
+    and its mtime and ctime (ctime cannot be set back from user space)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    return Stamp(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ScannedChunk(NamedTuple):
@@ -60,23 +74,28 @@ class Writer:
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def commit(self) -> None:
-        """Make the chunk durable, then visible under its final name."""
+    def commit(self) -> Stamp:
+        """Make the chunk durable, then visible under its final name. Returns the file's
+        stamp as renamed (a rename changes the ctime), to tell later if it was changed."""
         if self._fd is None:
             raise ValueError("writer is closed")
         try:
             os.fsync(self._fd)
-        except BaseException:
-            self.abort()
-            raise
-        fd, self._fd = self._fd, None
-        try:
-            os.close(fd)
             os.replace(self._temp, self._final)
         except BaseException:
             self.abort()
             raise
+        try:
+            stamp = stamp_of(os.fstat(self._fd))
+        except BaseException:
+            self._temp = self._final  # renamed already: abort removes it under that name
+            self.abort()
+            raise
+        fd, self._fd = self._fd, None
         self._done = True
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return stamp
 
     def abort(self) -> None:
         if self._done:

@@ -11,7 +11,8 @@ __all__ = ["ChunkStore", "FetchConfig", "ResidentReads"]
 class ChunkStore(Protocol):
     """What the fetcher needs of the chunk cache (lazyimage.cache.ChunkCache). ``read`` and
     ``put`` are called from worker threads and ``contains`` on the event loop: the store
-    must be thread-safe, and ``contains`` must not do I/O."""
+    must be thread-safe, and ``contains`` must not do I/O. ``contains`` marks a stored chunk
+    as used (the fetcher asks when a reader or a fill needs the chunk)."""
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> bytes | None: ...
 

@@ -12,9 +12,11 @@ import concurrent.futures
 import hashlib
 import itertools
 import math
+import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +338,93 @@ def test_a_restart_keeps_the_chunk_cache(
     assert _demand_bytes(second) == 0
     for layer in image.layers:  # only footer and TOC reads reached the registry
         assert len(registry.blob_gets(layer.digest)) <= 2
+
+
+def test_a_registry_gone_for_a_minute_and_back(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any
+) -> None:
+    """Cached files keep reading through the outage; an uncached one fails with EIO (the
+    demand deadline) rather than hang, and reads again once the registry is back, from the
+    same agent."""
+    image = push_estargz(python_image, registry, "lazy/python")
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    layer_dir = _mount_all(agent, image)[1]
+    cached = "usr/lib/python3.11/json/__init__.py"
+    expected = (layer_dir / cached).read_bytes()
+    toc = _toc_of(registry, image.layers[1].digest)
+    node = toc.lookup(JSON_DECODER)
+    assert node is not None
+    data = registry.blob_path(image.layers[1].digest).read_bytes()
+    uncached = b"".join(
+        estargz.verify_chunk(c, data[c.offset : c.end]) for c in node.chunks
+    )  # the file's bytes, straight from the blob
+    outage = 60.0
+    registry.stop()
+    stopped = time.monotonic()
+    _drop_page_cache()
+    assert (layer_dir / cached).read_bytes() == expected
+    with pytest.raises(OSError) as failure:
+        (layer_dir / JSON_DECODER).read_bytes()
+    assert failure.value.errno == 5
+    _drop_page_cache()
+    assert (layer_dir / cached).read_bytes() == expected  # after the failed read, too
+    time.sleep(max(0.0, outage - (time.monotonic() - stopped)))  # the outage lasts a minute
+    registry.start()
+    assert (layer_dir / JSON_DECODER).read_bytes() == uncached
+    assert agent.proc.poll() is None  # the same agent throughout
+    failures = [e for e in agent.log_events() if e.get("event") == "read failed"]
+    assert failures and {e["file"] for e in failures} == {JSON_DECODER}
+
+
+def _drop_page_cache() -> None:
+    """So the next read of a file reaches the agent."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def test_a_cache_disk_that_fills_up_during_the_background_fill(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    """The cap is larger than the disk: the fill runs the disk full (ENOSPC) and goes on;
+    reads still succeed, nothing torn is left, and the cache's count matches the disk."""
+    image = push_estargz(python_image, registry, "lazy/python")
+    state = tmp_path / "state"
+    cache_dir = state / "cache"
+    cache_dir.mkdir(parents=True)
+    cap = 64 << 20
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(cache_dir)], check=True)
+    try:
+        agent = agent_factory(
+            [registry.host],
+            extra=["--background-quiet", "0", "--cache-size", str(cap)],
+            state_dir=state,
+        )
+        merged = overlay(list(reversed(_mount_all(agent, image))), tmp_path / "merged")
+        done = _probe(merged)  # while the fill runs
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == PYTHON_PROBE_OUTPUT
+        while not all(layer["fillDone"] for layer in agent.request("GET", "/v1/layers")):
+            time.sleep(0.2)  # the test's timeout bounds the fill
+        errors = [
+            v for k, v in agent.metrics().items()
+            if k.startswith("lazyimage_cache_write_errors_total{") and "ENOSPC" in k
+        ]  # fmt: skip
+        assert sum(errors) >= 1
+        assert _probe(merged).stdout.strip() == PYTHON_PROBE_OUTPUT  # after it, too
+
+        def files() -> list[Path]:
+            return [p for p in cache_dir.rglob("*") if p.is_file() and p.name != ".lock"]
+
+        # The probe's chunks are written behind its reads: wait for the last write to end
+        # (the test's timeout bounds it), then the count matches the disk, byte for byte.
+        while agent.request("GET", "/status")["cache"]["bytes"] != sum(
+            p.stat().st_size for p in files()
+        ):
+            time.sleep(0.2)
+        assert [p for p in files() if p.name.startswith(".tmp")] == []
+        for path in files():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, path
+        assert sum(p.stat().st_size for p in files()) <= cap
+        agent.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)

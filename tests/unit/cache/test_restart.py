@@ -216,6 +216,7 @@ def test_file_truncated_after_check_is_never_served_short(tmp_path: Path) -> Non
         cache.put(digest, data)
         assert cache.read(digest) == data
         os.truncate(chunk_path(tmp_path, digest), 5000)
-        assert cache.read(digest, 0, 100) == data[:100]
-        assert cache.read(digest, 4000) is None
+        # Even the bytes still there are not served from a file known to be torn.
+        assert cache.read(digest, 0, 100) is None
         assert not cache.contains(digest)
+        assert not chunk_path(tmp_path, digest).exists()
