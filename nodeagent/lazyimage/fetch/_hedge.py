@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import trio
+import anyio
 
 __all__ = ["HedgePolicy", "LatencyWindow", "hedged", "window_for"]
 
@@ -30,7 +30,7 @@ class HedgePolicy:
     stall timeout would always act first."""
 
     multiplier: float = 3.0
-    floor: float = 0.05
+    floor: float = 0.1
     ceiling: float = 1.0
     initial: float = 0.5  # before ``min_samples`` latencies are known
     min_samples: int = 8
@@ -95,11 +95,11 @@ async def hedged(
     results: list[bytes] = []
     failures: list[BaseException] = []
     first_byte = [False]
-    last_progress = [trio.current_time()]  # of the first request
+    last_progress = [anyio.current_time()]  # of the first request
 
     def progress_of(number: int, started: float) -> Callable[[], None]:
         def progressed() -> None:
-            now = trio.current_time()
+            now = anyio.current_time()
             if number == 0:
                 last_progress[0] = now
             # Only the first byte of a read is a sample: a stalled request gives none.
@@ -109,13 +109,13 @@ async def hedged(
 
         return progressed
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         ended = [0]
         running = [1]
 
         async def run(number: int) -> None:
             try:
-                data = await request(progress_of(number, trio.current_time()))
+                data = await request(progress_of(number, anyio.current_time()))
             except Exception as exc:
                 failures.append(exc)
                 ended[0] += 1
@@ -126,8 +126,8 @@ async def hedged(
             nursery.cancel_scope.cancel()
 
         async def watch() -> None:
-            while trio.current_time() < last_progress[0] + window.delay():
-                await trio.sleep_until(last_progress[0] + window.delay())
+            while anyio.current_time() < last_progress[0] + window.delay():
+                await anyio.sleep_until(last_progress[0] + window.delay())
             if ended[0]:
                 return
             running[0] += 1
