@@ -79,64 +79,98 @@ def window_for(client: object, policy: HedgePolicy | None = None) -> LatencyWind
     return window
 
 
-Request = Callable[[Callable[[], None]], Awaitable[bytes]]
+class Signals:
+    """What one request tells its hedger: ``attempt()`` as each of its attempts starts,
+    ``progress()`` on each piece of an answer, ``retrying()`` before it retries by itself
+    (after an error answer, a reset or its stall timeout)."""
+
+    def __init__(self, on_first_byte: Callable[[float], None]) -> None:
+        self._on_first_byte = on_first_byte
+        self._attempt_started = anyio.current_time()
+        self._first_byte = False
+        self.last_progress = self._attempt_started
+        self.backing_off = False  # between a failed attempt and the next one
+        self.changed = anyio.Event()
+
+    def attempt(self) -> None:
+        self._attempt_started = self.last_progress = anyio.current_time()
+        self._first_byte = False
+        self.backing_off = False
+        self._wake()
+
+    def progress(self) -> None:
+        self.last_progress = anyio.current_time()
+        if not self._first_byte:
+            # Only an attempt's first byte is a sample: a stalled attempt gives none.
+            self._first_byte = True
+            self._on_first_byte(self.last_progress - self._attempt_started)
+
+    def retrying(self) -> None:
+        self.backing_off = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+Request = Callable[[Signals], Awaitable[bytes]]
 
 
 async def hedged(
     request: Request, window: LatencyWindow, on_hedge: Callable[[], None] | None = None
 ) -> bytes:
-    """``request(progress)`` once, and once more if the first goes ``window.delay()``
-    without calling ``progress`` (no byte yet, or none since the last); the first to
-    succeed wins and the other is cancelled.
+    """``request(signals)`` once, and once more if an attempt of the first goes
+    ``window.delay()`` without progress (no byte yet, or none since the last); the first
+    to succeed wins and the other is cancelled. At most one hedge.
+
+    While the first request backs off between its own attempts it is not hedged: it had
+    an answer (or a reset) and waits as asked, a server's ``Retry-After`` included, which
+    a hedge would defeat. Its next attempt is watched again.
 
     A failure before the hedge is sent is raised at once. After it, a failure waits for
     the other request, and only if both fail is the first failure raised.
     """
     results: list[bytes] = []
     failures: list[BaseException] = []
-    first_byte = [False]
-    last_progress = [anyio.current_time()]  # of the first request
+    first = Signals(window.record)
 
-    def progress_of(number: int, started: float) -> Callable[[], None]:
-        def progressed() -> None:
-            now = anyio.current_time()
-            if number == 0:
-                last_progress[0] = now
-            # Only the first byte of a read is a sample: a stalled request gives none.
-            if not first_byte[0]:
-                first_byte[0] = True
-                window.record(now - started)
-
-        return progressed
-
-    async with anyio.create_task_group() as nursery:
+    async with anyio.create_task_group() as group:
         ended = [0]
         running = [1]
 
-        async def run(number: int) -> None:
+        async def run(signals: Signals) -> None:
             try:
-                data = await request(progress_of(number, anyio.current_time()))
+                data = await request(signals)
             except Exception as exc:
                 failures.append(exc)
                 ended[0] += 1
                 if ended[0] == running[0]:
-                    nursery.cancel_scope.cancel()
+                    group.cancel_scope.cancel()
                 return
             results.append(data)
-            nursery.cancel_scope.cancel()
+            group.cancel_scope.cancel()
 
         async def watch() -> None:
-            while anyio.current_time() < last_progress[0] + window.delay():
-                await anyio.sleep_until(last_progress[0] + window.delay())
+            while True:
+                changed = first.changed
+                if first.backing_off:
+                    await changed.wait()
+                    continue
+                deadline = first.last_progress + window.delay()
+                if anyio.current_time() >= deadline:
+                    break
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await changed.wait()
             if ended[0]:
                 return
             running[0] += 1
             if on_hedge is not None:
                 on_hedge()
-            nursery.start_soon(run, 1)
+            group.start_soon(run, Signals(window.record))
 
-        nursery.start_soon(run, 0)
-        nursery.start_soon(watch)
+        group.start_soon(run, first)
+        group.start_soon(watch)
     if results:
         return results[0]
     raise failures[0]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from lazyimage import metrics
-from lazyimage.fetch._hedge import HedgePolicy, hedged, window_for
+from lazyimage.fetch._hedge import HedgePolicy, Signals, hedged, window_for
 from lazyimage.registry import Reference, RegistryClient
 
 __all__ = ["RangeSource", "RegistrySource"]
@@ -35,7 +34,8 @@ class RegistrySource:
     Before that, a read that has produced no byte after a few times the recent first-byte
     latency of its client's range reads is hedged: a second identical request is sent and
     whichever completes first is taken (``lazyimage_fetch_hedges``). The hedge delay stays
-    below half the stall timeout, so a stall is overtaken long before it is cut.
+    below half the stall timeout, so a stall is overtaken long before it is cut. A read
+    that is backing off (after a 5xx, a 429, a reset) is not hedged: it keeps its backoff.
     """
 
     def __init__(
@@ -68,15 +68,20 @@ class RegistrySource:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
 
-        async def request(progress: Callable[[], None]) -> bytes:
+        async def request(signals: Signals) -> bytes:
+            def retried(cause: str) -> None:
+                self._retried(cause)
+                signals.retrying()
+
             return await self.client.read_range(
                 self.ref,
                 self.digest,
                 offset,
                 length,
                 stall_timeout=self.stall_timeout,
-                on_retry=self._retried,
-                on_progress=progress,
+                on_retry=retried,
+                on_attempt=signals.attempt,
+                on_progress=signals.progress,
             )
 
         return await hedged(request, self._latency, on_hedge=self._hedged)

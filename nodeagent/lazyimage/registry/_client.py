@@ -476,6 +476,7 @@ class RegistryClient:
         stall_timeout: float | None = None,
         on_retry: Callable[[str], None] | None = None,
         on_progress: Callable[[], None] | None = None,
+        on_attempt: Callable[[], None] | None = None,
     ) -> bytes:
         """Exactly the bytes ``[offset, offset + length)`` of a blob.
 
@@ -486,8 +487,8 @@ class RegistryClient:
         ``stall_timeout`` abandons an attempt when no byte arrives (or no connection is made)
         for that long, and retries it under the policy, so a stalled server costs about that
         much rather than the client's whole timeout. ``on_retry`` is called with the cause
-        before each retry, ``on_progress`` when an answer's headers and each piece of its
-        body arrive.
+        before each retry, ``on_attempt`` as each attempt starts, ``on_progress`` when an
+        answer's headers and each piece of its body arrive.
         """
         if offset < 0 or length < 0:
             raise ValueError(f"invalid range offset={offset} length={length}")
@@ -500,6 +501,8 @@ class RegistryClient:
         timeout = self._stall_timeout(stall_timeout)
 
         async def attempt(endpoint: _Endpoint) -> bytes:
+            if on_attempt is not None:
+                on_attempt()
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:

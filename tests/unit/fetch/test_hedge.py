@@ -5,18 +5,15 @@ exact and a loaded machine cannot stretch it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
-from lazyimage.fetch._hedge import HedgePolicy, LatencyWindow, hedged, window_for
+from lazyimage.fetch._hedge import HedgePolicy, LatencyWindow, Signals, hedged, window_for
 
 from tests.unit.virtual_clock import virtual_trio
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
-
-Progress = Callable[[], None]
 
 
 @pytest.fixture
@@ -26,23 +23,39 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
 
 class Requests:
     """Scripted requests: each is (seconds to the first byte, seconds more of body with a
-    piece every 0.1 s, or an exception to raise then). ``math.inf`` never answers;
-    ``silent`` numbers send no piece after their first byte."""
+    piece every 0.1 s, or an exception to raise then). ``math.inf`` never answers.
 
-    def __init__(self, *script: tuple[float, float | Exception], silent: int = -1) -> None:
+    Request number ``silent`` sends no piece after its first byte. Number ``retries`` has
+    an error answer at its first byte, backs off ``backoff`` seconds, and goes on with the
+    rest of its script in a second attempt."""
+
+    def __init__(
+        self,
+        *script: tuple[float, float | Exception],
+        silent: int = -1,
+        retries: int = -1,
+        backoff: float = 0.0,
+    ) -> None:
         self.script = list(script)
         self.silent = silent
+        self.retries = retries
+        self.backoff = backoff
         self.started: list[float] = []
         self.finished: list[int] = []
         self.cancelled: list[int] = []
 
-    async def __call__(self, progress: Progress) -> bytes:
+    async def __call__(self, signals: Signals) -> bytes:
         number = len(self.started)
         self.started.append(anyio.current_time())
         first_byte, rest = self.script[number]
         try:
+            signals.attempt()
             await anyio.sleep(first_byte)
-            progress()
+            signals.progress()
+            if number == self.retries:
+                signals.retrying()
+                await anyio.sleep(self.backoff)
+                signals.attempt()
             if isinstance(rest, Exception):
                 raise rest
             if number == self.silent:
@@ -51,7 +64,7 @@ class Requests:
                 end = anyio.current_time() + rest
                 while anyio.current_time() < end:
                     await anyio.sleep(min(0.1, end - anyio.current_time()))
-                    progress()
+                    signals.progress()
         except anyio.get_cancelled_exc_class():
             self.cancelled.append(number)
             raise
@@ -107,6 +120,25 @@ async def test_a_request_that_answers_in_time_is_not_hedged() -> None:
     hedges: list[str] = []
     assert await hedged(requests, window, on_hedge=lambda: hedges.append("hedge")) == b"answer 0"
     assert hedges == [] and len(requests.started) == 1
+
+
+async def test_a_request_in_its_backoff_is_not_hedged() -> None:
+    window = warmed(0.1)  # hedge after 0.3 s without progress
+    # A 429 after 0.1 s, a 2 s Retry-After without a byte, then an answer.
+    requests = Requests((0.1, 0.2), retries=0, backoff=2.0)
+    hedges: list[str] = []
+    assert await hedged(requests, window, on_hedge=lambda: hedges.append("hedge")) == b"answer 0"
+    assert hedges == [] and len(requests.started) == 1
+
+
+async def test_the_attempt_after_a_backoff_is_watched_again() -> None:
+    window = warmed(0.1)
+    # A 503 after 0.1 s, 2 s of backoff, then an attempt that stalls.
+    requests = Requests((0.1, math.inf), (0.1, 0.0), retries=0, backoff=2.0, silent=0)
+    start = anyio.current_time()
+    assert await hedged(requests, window) == b"answer 1"
+    assert requests.started[1] - start == pytest.approx(2.1 + 0.3)
+    assert requests.cancelled == [0]
 
 
 async def test_a_body_that_stops_is_hedged() -> None:
