@@ -73,6 +73,8 @@ _WINDOWS: weakref.WeakKeyDictionary[Any, LatencyWindow] = weakref.WeakKeyDiction
 
 
 def window_for(client: object, policy: HedgePolicy | None = None) -> LatencyWindow:
+    """The client's window; ``policy`` counts only when it is made (the agent has one
+    stall timeout, hence one policy)."""
     window = _WINDOWS.get(client)
     if window is None:
         window = _WINDOWS[client] = LatencyWindow(policy)
