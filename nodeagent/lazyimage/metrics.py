@@ -20,6 +20,7 @@ __all__ = [
     "CACHE_WRITE_ERRORS",
     "FETCHED_BYTES",
     "FETCH_DURATION",
+    "FETCH_HEDGES",
     "FETCH_IN_FLIGHT",
     "FETCH_RETRIES",
     "FUSE_OPERATION_DURATION",
@@ -62,6 +63,12 @@ VERIFICATION_FAILURES = Counter(
 FETCH_RETRIES = Counter(
     f"{P}fetch_retries",
     "Range requests retried after an error or a stall.",
+    ["layer"],
+    registry=REGISTRY,
+)
+FETCH_HEDGES = Counter(
+    f"{P}fetch_hedges",
+    "Range requests that had produced no byte in time and were sent a second time.",
     ["layer"],
     registry=REGISTRY,
 )
@@ -141,6 +148,7 @@ _PER_LAYER = (
     CACHE_MISSES,
     VERIFICATION_FAILURES,
     FETCH_RETRIES,
+    FETCH_HEDGES,
     LAYER_FETCHED_RATIO,
 )
 

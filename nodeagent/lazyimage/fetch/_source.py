@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from lazyimage import metrics
+from lazyimage.fetch._hedge import HedgePolicy, Signals, hedged, window_for
 from lazyimage.registry import Reference, RegistryClient
 
 __all__ = ["RangeSource", "RegistrySource"]
@@ -29,6 +30,12 @@ class RegistrySource:
     A request that makes no progress for ``stall_timeout`` seconds (no connection, no byte
     of headers or body) is abandoned and retried under the client's RetryPolicy. Retries
     are counted in ``lazyimage_fetch_retries`` for the layer.
+
+    Before that, a read that has produced no byte after a few times the recent first-byte
+    latency of its client's range reads is hedged: a second identical request is sent and
+    whichever completes first is taken (``lazyimage_fetch_hedges``). The hedge delay stays
+    below half the stall timeout, so a stall is overtaken long before it is cut. A read
+    that is backing off (after a 5xx, a 429, a reset) is not hedged: it keeps its backoff.
     """
 
     def __init__(
@@ -49,6 +56,9 @@ class RegistrySource:
         self.digest = digest
         self.stall_timeout = stall_timeout
         self._size = size
+        ceiling = min(HedgePolicy.ceiling, stall_timeout / 2)
+        policy = HedgePolicy(ceiling=ceiling, floor=min(HedgePolicy.floor, ceiling))
+        self._latency = window_for(client, policy)
 
     @property
     def size(self) -> int:
@@ -57,14 +67,27 @@ class RegistrySource:
     async def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
-        return await self.client.read_range(
-            self.ref,
-            self.digest,
-            offset,
-            length,
-            stall_timeout=self.stall_timeout,
-            on_retry=self._retried,
-        )
+
+        async def request(signals: Signals) -> bytes:
+            def retried(cause: str) -> None:
+                self._retried(cause)
+                signals.retrying()
+
+            return await self.client.read_range(
+                self.ref,
+                self.digest,
+                offset,
+                length,
+                stall_timeout=self.stall_timeout,
+                on_retry=retried,
+                on_attempt=signals.attempt,
+                on_progress=signals.progress,
+            )
+
+        return await hedged(request, self._latency, on_hedge=self._hedged)
+
+    def _hedged(self) -> None:
+        metrics.FETCH_HEDGES.labels(self.digest).inc()
 
     def _retried(self, cause: str) -> None:
         metrics.FETCH_RETRIES.labels(self.digest).inc()

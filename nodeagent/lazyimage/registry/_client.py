@@ -191,10 +191,15 @@ def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         return response.aiter_raw()
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes | None:
-    """The raw body, or None if it is longer than ``limit``."""
+async def _read_limited(
+    response: httpx.Response, limit: int, progress: Callable[[], None] | None = None
+) -> bytes | None:
+    """The raw body, or None if it is longer than ``limit``. ``progress`` is called on
+    each piece received."""
     buffer = bytearray()
     async for chunk in _raw_chunks(response):
+        if progress is not None:
+            progress()
         buffer += chunk
         if len(buffer) > limit:
             return None
@@ -470,6 +475,8 @@ class RegistryClient:
         *,
         stall_timeout: float | None = None,
         on_retry: Callable[[str], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
+        on_attempt: Callable[[], None] | None = None,
     ) -> bytes:
         """Exactly the bytes ``[offset, offset + length)`` of a blob.
 
@@ -480,7 +487,8 @@ class RegistryClient:
         ``stall_timeout`` abandons an attempt when no byte arrives (or no connection is made)
         for that long, and retries it under the policy, so a stalled server costs about that
         much rather than the client's whole timeout. ``on_retry`` is called with the cause
-        before each retry.
+        before each retry, ``on_attempt`` as each attempt starts, ``on_progress`` when an
+        answer's headers and each piece of its body arrive.
         """
         if offset < 0 or length < 0:
             raise ValueError(f"invalid range offset={offset} length={length}")
@@ -493,6 +501,8 @@ class RegistryClient:
         timeout = self._stall_timeout(stall_timeout)
 
         async def attempt(endpoint: _Endpoint) -> bytes:
+            if on_attempt is not None:
+                on_attempt()
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:
@@ -501,7 +511,9 @@ class RegistryClient:
                         endpoint, "GET", cached, headers, timeout=timeout
                     ) as resp:
                         if resp.status_code not in (401, 403):
-                            return await self._take_range(op, endpoint, resp, offset, length)
+                            return await self._take_range(
+                                op, endpoint, resp, offset, length, on_progress
+                            )
                 except (httpx.TransportError, _Retryable):
                     # Storage is failing: the next attempt asks the registry again.
                     self._locations.pop(key, None)
@@ -515,7 +527,7 @@ class RegistryClient:
             async with self._open(endpoint, "GET", url, headers, timeout=timeout) as resp:
                 if resp.url != url and resp.status_code == 206:
                     self._remember_location(key, resp.url)
-                return await self._take_range(op, endpoint, resp, offset, length)
+                return await self._take_range(op, endpoint, resp, offset, length, on_progress)
 
         return await self._pull(ref, op, attempt, bounded=True, on_retry=on_retry)
 
@@ -545,8 +557,16 @@ class RegistryClient:
             self._locations.popitem(last=False)
 
     async def _take_range(
-        self, op: _Op, endpoint: _Endpoint, resp: httpx.Response, offset: int, length: int
+        self,
+        op: _Op,
+        endpoint: _Endpoint,
+        resp: httpx.Response,
+        offset: int,
+        length: int,
+        progress: Callable[[], None] | None = None,
     ) -> bytes:
+        if progress is not None:
+            progress()
         last = offset + length - 1
         if resp.status_code == 200:
             raise op.error(
@@ -573,7 +593,7 @@ class RegistryClient:
                 f"answered 206 with Content-Range {value!r}, expected bytes {offset}-{last}",
                 status=206,
             )
-        data = await _read_limited(resp, length)
+        data = await _read_limited(resp, length, progress)
         if data is None:
             raise op.error(RangeNotSupportedError, f"body longer than the {length} bytes asked")
         if len(data) != length:
