@@ -88,6 +88,8 @@ def test_pod_is_scheduled_pulled_run_and_logged(
     marker = f"hello-from-node-{secrets.token_hex(4)}"
     pod = _pod("probe", busybox_ref, f"echo {marker}; exec sleep 3600")
     assert "nodeName" not in pod["spec"]  # the scheduler must place it
+    # Pulled from the registry even if an earlier test left the image on the node.
+    pod["spec"]["containers"][0]["imagePullPolicy"] = "Always"
     created = time.monotonic()
     kube_node.kubectl(
         "create",
