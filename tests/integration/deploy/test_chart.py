@@ -245,6 +245,47 @@ def test_agent_options(helm: Helm) -> None:
     assert volume["secret"]["secretName"] == "registry-login"
 
 
+def _env(container: dict[str, Any]) -> dict[str, str | None]:
+    return {item["name"]: item.get("value") for item in container.get("env") or []}
+
+
+def test_api_server_address_reaches_both_pods(helm: Helm) -> None:
+    """Without kube-proxy the ``kubernetes`` Service does not answer: ``apiServer`` gives both
+    pods the address, and the operator can share the node's network on ports of its own."""
+    default = manifests(helm.template(NAMESPACE))
+    for obj in by_kind(default, "DaemonSet") + by_kind(default, "Deployment"):
+        (container,) = obj["spec"]["template"]["spec"]["containers"]
+        assert not {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} & set(_env(container))
+    operator_pod = _one(default, "Deployment")["spec"]["template"]["spec"]
+    assert operator_pod["hostNetwork"] is False
+    objects = manifests(
+        helm.template(
+            NAMESPACE,
+            "--set", "apiServer.host=127.0.0.1",
+            "--set", "apiServer.port=6443",
+            "--set", "operator.hostNetwork=true",
+            "--set", "operator.healthPort=18080",
+            "--set", "operator.metricsPort=18081",
+        )
+    )  # fmt: skip
+    agent_pod = _one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    operator_pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    for pod in (agent_pod, operator_pod):
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
+        assert env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert operator_pod["hostNetwork"] is True
+    assert operator_pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (operator,) = operator_pod["containers"]
+    assert "--liveness=http://0.0.0.0:18080/healthz" in operator["args"]
+    assert "--metrics=0.0.0.0:18081" in operator["args"]
+    assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {
+        "health": 18080,
+        "metrics": 18081,
+    }
+
+
 def test_crds_are_the_repository_crds(helm: Helm) -> None:
     # One source of truth: the chart's crds/ is a link to the repository's crds/.
     link = CHART / "crds"
@@ -283,6 +324,8 @@ def test_package_holds_the_crds(helm: Helm, tmp_path: Path) -> None:
         ("agent.updateStrategy.type=Sometimes", "updateStrategy"),
         ("agent.logLevel=loud", "logLevel"),
         ("runtimeClass.name=Not_A_Name", "runtimeClass"),
+        ("apiServer.port=70000", "port"),
+        ("apiServer.address=10.0.0.1", "address"),
     ],
 )
 def test_values_schema_refuses(helm: Helm, setting: str, complaint: str) -> None:
