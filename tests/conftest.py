@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.gotools",
     "tests.fixtures.images",
+    "tests.fixtures.project_image",
     "tests.fixtures.agent",
     "tests.fixtures.kube",
     "tests.fixtures.operator",

@@ -17,7 +17,7 @@ from lazyimage.estargz import open_toc
 from lazyimage.oci import Descriptor, ImageConfig, Manifest, sha256_digest
 from lazyimage.registry import Keychain, Reference, RegistryClient
 
-from tests.fixtures.agent import AgentProcess
+from tests.fixtures.agent import AgentClient
 from tests.fixtures.containerd import ContainerdServer
 from tests.fixtures.images import TestImage
 from tests.fixtures.registry import RegistryServer
@@ -144,13 +144,13 @@ def convert_with_reference(ctr_remote: Path, work: Path, source: str, target: st
 # -- the agent's side ------------------------------------------------------------------------
 
 
-def remote_events(agent: AgentProcess) -> list[dict[str, Any]]:
+def remote_events(agent: AgentClient) -> list[dict[str, Any]]:
     """The snapshotter's ``remote_snapshot`` log events: one per layer Prepare that carried a
     target name, with ``remote_snapshot_prepared`` and (for a fallback) ``reason``."""
     return [e for e in agent.log_events() if e.get("event") == "remote_snapshot"]
 
 
-def snapshot_results(agent: AgentProcess, image: RegistryImage) -> list[dict[str, Any] | None]:
+def snapshot_results(agent: AgentClient, image: RegistryImage) -> list[dict[str, Any] | None]:
     """For each layer of ``image`` (lowest first), the last remote_snapshot event for its
     chain id, or None when containerd asked nothing for it."""
     last: dict[str, dict[str, Any]] = {}
@@ -188,7 +188,7 @@ class LayerBytes:
         )
 
 
-def layer_bytes(registry: RegistryServer, agent: AgentProcess, layer: Descriptor) -> LayerBytes:
+def layer_bytes(registry: RegistryServer, agent: AgentClient, layer: Descriptor) -> LayerBytes:
     blob = registry.blob_path(layer.digest)
     size = blob.stat().st_size
     fd = os.open(blob, os.O_RDONLY)

@@ -53,7 +53,9 @@ class Helm:
     binary: Path
     home: Path
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = _HELM_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.home),
@@ -67,7 +69,7 @@ class Helm:
                 capture_output=True,
                 text=True,
                 env=env,
-                timeout=_HELM_TIMEOUT,
+                timeout=timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:

@@ -221,6 +221,8 @@ def test_agent_options(helm: Helm) -> None:
             "--set",
             "agent.cacheSize=1073741824",
             "--set",
+            "agent.backgroundFill=false",
+            "--set",
             "imagePullSecrets={pull-me}",
             "--set",
             "image.tag=dev",
@@ -237,6 +239,7 @@ def test_agent_options(helm: Helm) -> None:
     env = {item["name"]: item.get("value") for item in agent["env"]}
     assert env["LAZYIMAGE_INSECURE_REGISTRY"] == "127.0.0.1:5000,mirror.local:5000"
     assert env["LAZYIMAGE_CACHE_SIZE"] == "1073741824"
+    assert env["LAZYIMAGE_BACKGROUND_FILL"] == "false"
     assert env["LAZYIMAGE_DOCKER_CONFIG"] == "/etc/lazyimage/registry/config.json"
     # On the node, in the run directory shared with it; never on the port.
     assert env["LAZYIMAGE_CONTROL_SOCKET"] == "/run/lazyimage/control.sock"

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,26 +21,20 @@ from typing import Any
 import pytest
 from lazyimage.oci import ImageConfig, Manifest, OCILayout
 
-from tests.fixtures.registry import RegistryServer
+from tests.fixtures.project_image import IMAGE_BUILD_TIMEOUT, project_version
 from tests.fixtures.unpack import unpack_layers
 from tests.images import _proc
 
 REPO = Path(__file__).resolve().parents[3]
-BUILD_TIMEOUT = int(os.environ.get("LAZYIMAGE_IMAGE_BUILD_TIMEOUT", "1800"))
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.timeout(BUILD_TIMEOUT + 600),
+    pytest.mark.timeout(IMAGE_BUILD_TIMEOUT + 600),
     pytest.mark.skipif(os.geteuid() != 0, reason="buildah --isolation chroot and chroot need root"),
     pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is not installed"),
 ]
 
 NOBODY = "65534:65534"
-
-
-def _version() -> str:
-    with open(REPO / "pyproject.toml", "rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
 
 
 @dataclass(frozen=True)
@@ -87,12 +80,10 @@ def _run_logged(argv: list[str], timeout: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def pushed(
-    shared_registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PulledImage]:
+def pushed(lazyimage_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulledImage]:
     """The image as the registry serves it: built (or reused), pushed, pulled back, unpacked."""
-    ref = f"{shared_registry.host}/lazyimage:{_version()}"
-    _run_logged([str(REPO / "scripts/build-image"), "--push", ref], BUILD_TIMEOUT + 300)
+    ref = lazyimage_image
+    host = ref.split("/", 1)[0]
     work = tmp_path_factory.mktemp("lazyimage-image")
     layout_dir = work / "oci"
     _run_logged(
@@ -100,7 +91,7 @@ def pushed(
             str(REPO / ".venv/bin/lazyimage"),
             "copy",
             "--insecure-registry",
-            shared_registry.host,
+            host,
             ref,
             f"oci:{layout_dir}:pulled",
         ],
@@ -139,8 +130,8 @@ def test_the_pushed_image_is_the_one_the_chart_installs(pushed: PulledImage) -> 
     chart = (REPO / "charts/lazyimage/Chart.yaml").read_text()
     # The chart's default image is `lazyimage:<appVersion>`; the build tags the same name.
     assert "  repository: lazyimage\n" in values
-    assert f'appVersion: "{_version()}"' in chart
-    assert pushed.ref.endswith(f"/lazyimage:{_version()}")
+    assert f'appVersion: "{project_version()}"' in chart
+    assert pushed.ref.endswith(f"/lazyimage:{project_version()}")
     assert pushed.config.platform.os == "linux"
     assert pushed.config.platform.architecture == "amd64"
     assert all(layer.media_type.endswith("tar+gzip") for layer in pushed.manifest.layers)
