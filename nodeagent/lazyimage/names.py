@@ -1,4 +1,4 @@
-"""Every string that other parts depend on (DESIGN §2-§3), in one place."""
+"""Every string that other parts depend on (docs/contracts.md), in one place."""
 
 from __future__ import annotations
 

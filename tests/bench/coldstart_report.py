@@ -31,7 +31,7 @@ PREWARMED = "lazyimage, prewarmed"
 ON_DISK = "on disk"
 SIDES = (OVERLAYFS, REFERENCE, LAZYIMAGE, PREWARMED, ON_DISK)
 
-# DESIGN §5: what each comparison should reach.
+# docs/targets.md: what each comparison should reach.
 TARGETS = (
     ("lazyimage vs overlayfs", OVERLAYFS, LAZYIMAGE, 4.0, "faster, at least"),
     ("lazyimage vs reference", REFERENCE, LAZYIMAGE, 1.2, "faster, at least"),
@@ -84,7 +84,7 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Sequence[SampleLik
 
 
 def targets(figures: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each target of DESIGN §5 this link's figures can answer: the speedup, and whether met.
+    """Each target of docs/targets.md this link's figures can answer: the speedup, and whether met.
     ``speedup`` is the base's median over the side's (2.0: the side takes half the time)."""
     found = []
     for label, base, side, goal, wording in TARGETS:

@@ -1,8 +1,9 @@
 """Building an eStargz blob from a tar layer.
 
-Layout (DESIGN §2): each regular file's payload starts a new gzip member, files larger than
-the chunk size are split into several members, prioritized files come first and end at
-``.prefetch.landmark``, and the TOC member and the 51-byte footer close the blob.
+Layout (docs/contracts.md, "The eStargz format"): each regular file's payload starts a new
+gzip member, files larger than the chunk size are split into several members, prioritized
+files come first and end at ``.prefetch.landmark``, and the TOC member and the 51-byte footer
+close the blob.
 
 Members are independent, so they are compressed on a thread pool and written in order;
 zlib-ng releases the GIL, so a layer uses every core.

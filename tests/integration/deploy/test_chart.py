@@ -406,7 +406,40 @@ def test_helm_install_and_uninstall(
     assert f"kubectl -n {ns} rollout status daemonset/{release}-lazyimage-agent" in (
         installed.stdout
     )
-    assert 'lazyimage.io/prewarm: "true"' in installed.stdout  # NOTES.txt
+    notes = installed.stdout.split("NOTES:", 1)[1]
+    assert 'lazyimage.io/prewarm: "true"' in notes
+    # The containerd 2.x drop-in, exactly as shipped, and what a lazy pod must set.
+    dropin = (CHART / "files" / "containerd-dropin.toml").read_text().strip()
+    assert "\n".join("    " + line for line in dropin.splitlines()) in notes, notes
+    assert "runtimeClassName: lazyimage" in notes
+    assert "io.containerd.cri.runtime-handler: lazyimage" in notes
+    # Never the containerd 1.x global snapshotter, which makes the agent's own pod need it.
+    assert "io.containerd.grpc.v1.cri" not in notes
+    assert "kubectl delete crd lazyimages.lazyimage.io lazyimagenodes.lazyimage.io" in notes
+    # The drop-in follows the agent's paths and the RuntimeClass's handler.
+    moved = helm.run(
+        "install",
+        "helm-notes",
+        str(CHART),
+        "--namespace",
+        ns,
+        kubeconfig,
+        "--dry-run=server",
+        "--set",
+        "agent.runDir=/run/li",
+        "--set",
+        "agent.stateDir=/data/li",
+        "--set",
+        "runtimeClass.name=lazy",
+        "--set",
+        "runtimeClass.handler=lz",
+    ).stdout.split("NOTES:", 1)[1]
+    assert 'address = "/run/li/snapshotter.sock"' in moved, moved
+    assert 'root = "/data/li/snapshotter"' in moved
+    assert '[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.lz]' in moved
+    assert "/lazyimage/" not in moved and "runtimes.lazyimage" not in moved, moved
+    assert "runtimeClassName: lazy\n" in moved
+    assert "io.containerd.cri.runtime-handler: lz\n" in moved
     for kind, name in (
         ("daemonset", f"{release}-lazyimage-agent"),
         ("deployment", f"{release}-lazyimage-operator"),
