@@ -16,13 +16,13 @@ from typing import Any
 
 import kopf
 from lazyimage import names
+from lazyimage.api import format_time
 from lazyimage.kube import KubeClient, KubeConfig, KubeError
 
 from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
 from lazyimage_operator.fold import fold_status
 from lazyimage_operator.nodebook import NodeBook
-from lazyimage_operator.orders import format_time
 from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.podwatch import follow_bound_pods
 from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders

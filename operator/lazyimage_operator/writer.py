@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lazyimage import names
+from lazyimage.api import Order
 from lazyimage.kube import ConflictError, KubeClient, NotFoundError, ResourcePath
 
 from lazyimage_operator.nodebook import NodeBook
-from lazyimage_operator.orders import Order, merge_orders
+from lazyimage_operator.orders import merge_orders
 
 __all__ = ["LAZYIMAGES", "LAZYIMAGE_NODES", "ClusterWriter"]
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from lazyimage.api import Order, format_time
 from lazyimage.kube import ConflictError, NotFoundError
 from lazyimage_operator.nodebook import NodeBook
-from lazyimage_operator.orders import Order
 from lazyimage_operator.writer import ClusterWriter
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -58,7 +58,7 @@ class FakeClient:
 
 
 def _order(image: str) -> Order:
-    return Order(image, f"li-{image}", NOW, "pod ns/p")
+    return Order(image, f"li-{image}", format_time(NOW), "pod ns/p")
 
 
 def _writer(client: FakeClient, nodes: NodeBook | None = None) -> ClusterWriter:
