@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lazyimage.api import ImageReport, Order
+
 __all__ = ["NodeImageView", "fold_status", "node_views", "ready_condition"]
 
 # nodeStatuses lists at most this many nodes, the ones needing attention first: the counts
@@ -50,41 +52,41 @@ class NodeImageView:
         return raw
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def node_views(
     node: str, spec: Mapping[str, Any], status: Mapping[str, Any]
 ) -> dict[str, NodeImageView]:
     """The views of one LazyImageNode, keyed by LazyImage name."""
     ordered = {
-        str(raw["lazyImage"]): str(raw.get("issuedAt", ""))
+        order.lazy_image: order.issued_at
         for raw in spec.get("orders") or []
-        if raw.get("lazyImage")
+        if isinstance(raw, Mapping) and (order := Order.from_dict(raw)) and order.lazy_image
     }
     reports = {
-        str(raw["lazyImage"]): raw for raw in status.get("images") or [] if raw.get("lazyImage")
+        report.lazy_image: report
+        for raw in status.get("images") or []
+        if isinstance(raw, Mapping) and (report := ImageReport.from_dict(raw)).lazy_image
     }
     views: dict[str, NodeImageView] = {}
     for name in ordered.keys() | reports.keys():
         ordered_at = ordered.get(name)
-        report = reports.get(name) or {}
-        state = str(report.get("state", "Pending"))
-        if state not in _ATTENTION or (ordered_at and report.get("issuedAt") != ordered_at):
+        found = reports.get(name)
+        if found is None:
+            views[name] = NodeImageView(node=node, ordered_at=ordered_at, state="Pending")
+            continue
+        state = found.state
+        if state not in _ATTENTION or (ordered_at and found.issued_at != ordered_at):
             state = "Pending"
-        seconds = report.get("seconds")
         views[name] = NodeImageView(
             node=node,
             ordered_at=ordered_at,
             state=state,
-            digest=str(report.get("digest", "")),
-            message=str(report.get("message", "")),
-            fetched_bytes=_int(report.get("fetchedBytes")),
-            cache_hits=_int(report.get("cacheHits")),
-            cache_misses=_int(report.get("cacheMisses")),
-            seconds=float(seconds) if isinstance(seconds, int | float) else None,
-            updated=str(report.get("updated", "")),
+            digest=found.digest or "",
+            message=found.message,
+            fetched_bytes=found.fetched_bytes or 0,
+            cache_hits=found.cache_hits or 0,
+            cache_misses=found.cache_misses or 0,
+            seconds=found.seconds,
+            updated=found.updated,
         )
     return views
 

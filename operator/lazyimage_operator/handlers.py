@@ -1,8 +1,9 @@
 """The kopf handlers: thin, each hands its event to a plain function.
 
 Pods are only watched, never written, and not through kopf: ``podwatch`` follows bound pending
-pods with a server-side selector. Progress and finalizers live only on LazyImage objects, which
-own their timer.
+pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks. What the
+operator knows of each LazyImageNode lives in one ``NodeBook``. Progress and finalizers live
+only on LazyImage objects, which own their timer.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from typing import Any
 
 import kopf
 from lazyimage import names
+from lazyimage.api import format_time
 from lazyimage.kube import KubeClient, KubeConfig, KubeError
 
 from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
-from lazyimage_operator.fold import NodeImageView, fold_status, node_views
-from lazyimage_operator.orders import format_time
+from lazyimage_operator.fold import fold_status
+from lazyimage_operator.nodebook import NodeBook
 from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.podwatch import follow_bound_pods
 from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders
 from lazyimage_operator.profiles import newer_profiles
+from lazyimage_operator.supervisor import Supervisor
 from lazyimage_operator.writer import ClusterWriter
 
 __all__ = ["connection_info", "operator_settings", "register"]
@@ -71,6 +74,7 @@ def _status_differs(current: Any, folded: dict[str, Any]) -> bool:
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the handlers on ``registry``, bound to ``config``. Each has an explicit id:
     an index is passed to handlers under its id, and ids name kopf's state on objects."""
+    nodes = NodeBook()
 
     @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -82,7 +86,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             metrics.serve_metrics(config.metrics)
         client = KubeClient(KubeConfig.load(config.kubeconfig))
         await client.__aenter__()
-        writer = ClusterWriter(client, refresh=config.order_refresh, limit=config.orders_per_node)
+        writer = ClusterWriter(
+            client, nodes, refresh=config.order_refresh, limit=config.orders_per_node
+        )
         memo["client"], memo["writer"] = client, writer
 
         async def pod_bound(request: PrewarmRequest) -> None:
@@ -105,7 +111,23 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             )
 
         # Not a kopf handler: pods are the hot path, watched with a server-side selector.
-        memo["pods"] = asyncio.create_task(follow_bound_pods(client, pod_bound))
+        watch = Supervisor(
+            "watch of bound pods",
+            lambda: follow_bound_pods(client, pod_bound),
+            restarts=metrics.POD_WATCH_RESTARTS,
+        )
+        memo["pod_watch"], memo["pods"] = watch, asyncio.create_task(watch.run())
+
+    @kopf.on.probe(id="pod_watch", registry=registry)
+    async def pod_watch_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        """Fails the liveness probe while the watch of bound pods keeps failing."""
+        watch = memo.get("pod_watch")
+        if not isinstance(watch, Supervisor):
+            raise kopf.PermanentError("the watch of bound pods was never started")
+        problem = watch.problem()
+        if problem is not None:
+            raise kopf.PermanentError(problem)
+        return {"restarts": watch.restarts}
 
     @kopf.on.cleanup(id="disconnect", registry=registry)
     async def disconnect(memo: kopf.Memo, **_: Any) -> None:
@@ -118,13 +140,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if isinstance(client, KubeClient):
             await client.__aexit__(None, None, None)
 
-    @kopf.index(
-        _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_image_views", registry=registry
-    )
-    def node_image_views(
-        name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-    ) -> dict[str, NodeImageView]:
-        return node_views(name, spec, status)
+    @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_book", registry=registry)
+    def node_book(name: str, body: kopf.Body, **_: Any) -> None:
+        # Indexing sees each object before any handler runs, and kopf holds the handlers
+        # until every object was seen: the book is complete before anything reads it. It
+        # keeps nothing in kopf's own index.
+        nodes.observe(name, body)
 
     @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="profile_recorded", registry=registry)
     def profile_recorded(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
@@ -135,10 +156,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_reported", registry=registry
     )
     async def node_reported(
-        name: str, type: str, body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
+        name: str, type: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        memo["writer"].observe(name, None if type == "DELETED" else body)
-        if type == "DELETED" or not status.get("profiles"):
+        if type == "DELETED":
+            nodes.observe(name, None)  # indexing never sees a deletion
+            return
+        if not status.get("profiles"):
             return
         recorded: kopf.Index[str, str] = kwargs["profile_recorded"]
         written: dict[str, str] = memo.setdefault("profiles_written", {})
@@ -196,9 +219,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         **kwargs: Any,
     ) -> None:
         writer: ClusterWriter = memo["writer"]
-        image_views: kopf.Index[str, NodeImageView] = kwargs["node_image_views"]
         node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
-        views = list(image_views.get(name, ()))
+        views = nodes.views_of(name)
         prewarm = SelectorPrewarm.from_spec(name, spec)
         if prewarm is not None:
             labels = {node: next(iter(store)) for node, store in node_labels.items() if store}

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 __all__ = [
     "ORDERS",
     "ORDER_SECONDS",
+    "POD_EVENT_ERRORS",
+    "POD_WATCH_RESTARTS",
     "PROFILES_LEARNED",
     "REGISTRY",
     "STATUS_WRITES",
@@ -36,6 +38,19 @@ STATUS_WRITES = Counter(
 PROFILES_LEARNED = Counter(
     f"{P}profiles_learned",
     "Startup profiles taken from a node's report into a LazyImage.",
+    registry=REGISTRY,
+)
+
+POD_EVENT_ERRORS = Counter(
+    f"{P}pod_event_errors",
+    "Pod events whose handling failed with an unexpected error (logged with its traceback); "
+    "the watch goes on. An API server's refusal counts as a failed order instead.",
+    registry=REGISTRY,
+)
+POD_WATCH_RESTARTS = Counter(
+    f"{P}pod_watch_restarts",
+    "Times the watch of bound pods failed or ended and was started again; if it keeps "
+    "failing, the liveness probe fails.",
     registry=REGISTRY,
 )
 

@@ -8,46 +8,12 @@ prefetch again, which costs a cached node nothing but brings back evicted chunks
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lazyimage_operator.pods import SecretRef
+from lazyimage.api import Order, SecretRef, parse_time
 
-__all__ = ["Order", "format_time", "merge_orders", "parse_time"]
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds, so two orders within a second differ."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Order:
-    image: str
-    lazy_image: str
-    issued_at: datetime
-    reason: str = ""
-    pull_secrets: tuple[SecretRef, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, Any]:
-        raw: dict[str, Any] = {
-            "image": self.image,
-            "lazyImage": self.lazy_image,
-            "issuedAt": format_time(self.issued_at),
-            "reason": self.reason[:512],
-        }
-        if self.pull_secrets:
-            raw["pullSecrets"] = [ref.to_dict() for ref in sorted(set(self.pull_secrets))]
-        return raw
+__all__ = ["merge_orders"]
 
 
 def _same_target(current: Mapping[str, Any], wanted: Order) -> bool:

@@ -7,25 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazyimage import names
+from lazyimage.api import SecretRef
 
 from lazyimage_operator.naming import canonical_image
 
-__all__ = ["PrewarmRequest", "SecretRef", "prewarm_request"]
-
-
-@dataclass(frozen=True, order=True)
-class SecretRef:
-    """A dockerconfigjson secret the agent may read to pull an image."""
-
-    namespace: str
-    name: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"namespace": self.namespace, "name": self.name}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> SecretRef:
-        return cls(namespace=str(raw.get("namespace", "")), name=str(raw.get("name", "")))
+__all__ = ["PrewarmRequest", "prewarm_request"]
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from lazyimage.api import Order, SecretRef, format_time
+
 from lazyimage_operator.fold import NodeImageView
 from lazyimage_operator.naming import canonical_image, lazyimage_name
-from lazyimage_operator.orders import Order
-from lazyimage_operator.pods import PrewarmRequest, SecretRef
+from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.writer import ClusterWriter
 
 __all__ = ["SelectorPrewarm", "prewarm_pod", "selector_orders"]
@@ -19,7 +20,7 @@ __all__ = ["SelectorPrewarm", "prewarm_pod", "selector_orders"]
 async def prewarm_pod(writer: ClusterWriter, request: PrewarmRequest) -> list[Order]:
     """Order the pod's node to prefetch the pod's images, and make their LazyImages. Returns
     the orders written; images the node holds fresh orders for cost no request."""
-    now = writer.now()
+    now = format_time(writer.now())
     orders = [
         Order(image, lazyimage_name(image), now, f"pod {request.pod}", request.pull_secrets)
         for image in request.images
@@ -68,7 +69,11 @@ def selector_orders(
     ordered = {view.node for view in views if view.ordered_at is not None}
     return {
         node: Order(
-            prewarm.image, prewarm.name, now, f"lazyimage {prewarm.name}", prewarm.pull_secrets
+            prewarm.image,
+            prewarm.name,
+            format_time(now),
+            f"lazyimage {prewarm.name}",
+            prewarm.pull_secrets,
         )
         for node, labels in sorted(node_labels.items())
         if node not in ordered and prewarm.matches(labels)

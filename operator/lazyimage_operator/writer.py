@@ -1,24 +1,27 @@
 """The operator's writes to the API server: orders on LazyImageNodes, and LazyImages.
 
-Each node's orders are merged into what the writer last saw of its LazyImageNode (from the
-watch, or its own last write) and written with that resourceVersion, so a write that raced
-another (an agent's report, say) fails, is read again, and is retried on the fresh object
-instead of overwriting it. Orders the node already holds cost no request at all. Writes for
-one node go one at a time, and orders that arrive meanwhile are merged into the next write.
+Each node's orders are merged into what the ``NodeBook`` last saw of its LazyImageNode (from
+the watch, or the writer's own last write) and written with that resourceVersion, so a write
+that raced another (an agent's report, say) fails, is read again, and is retried on the fresh
+object instead of overwriting it. Orders the node already holds cost no request at all.
+Writes for one node go one at a time, and orders that arrive meanwhile are merged into the
+next write.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lazyimage import names
+from lazyimage.api import Order
 from lazyimage.kube import ConflictError, KubeClient, NotFoundError, ResourcePath
 
-from lazyimage_operator.orders import Order, merge_orders
+from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.orders import merge_orders
 
 __all__ = ["LAZYIMAGES", "LAZYIMAGE_NODES", "ClusterWriter"]
 
@@ -31,14 +34,6 @@ OPERATOR_NAME = "lazyimage-operator"
 
 
 @dataclass
-class _Known:
-    """What the writer last saw of a node's LazyImageNode: enough to merge and to write."""
-
-    version: str
-    orders: list[dict[str, Any]]
-
-
-@dataclass
 class _Batch:
     """Orders for one node waiting for the node's next write; joined until it starts."""
 
@@ -46,46 +41,28 @@ class _Batch:
     done: asyncio.Future[bool]
 
 
-def _newer(version: str, than: str) -> bool:
-    # resourceVersions are opaque; etcd's are integers, which is all this ordering assumes.
-    if version.isdigit() and than.isdigit():
-        return int(version) >= int(than)
-    return True
-
-
 class ClusterWriter:
     def __init__(
         self,
         client: KubeClient,
+        nodes: NodeBook,
         *,
         refresh: timedelta,
         limit: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
+        self._nodes = nodes
         self._refresh = refresh
         self._limit = limit
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, _Batch] = {}
-        self._known: dict[str, _Known] = {}
         self._known_lazyimages: set[str] = set()
         self._node_uids: dict[str, str] = {}
 
     def now(self) -> datetime:
         return self._clock()
-
-    def observe(self, node: str, obj: Mapping[str, Any] | None) -> None:
-        """Note a LazyImageNode as the watch delivers it (None: deleted), so that orders are
-        merged without reading it first, and orders it already holds cost no request."""
-        if obj is None:
-            self._known.pop(node, None)
-            return
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        known = self._known.get(node)
-        if version and (known is None or _newer(version, known.version)):
-            orders = [dict(raw) for raw in (obj.get("spec") or {}).get("orders") or []]
-            self._known[node] = _Known(version, orders)
 
     async def order(self, node: str, orders: Sequence[Order]) -> bool:
         """Merge ``orders`` into the node's LazyImageNode (made if missing). True if written.
@@ -112,17 +89,14 @@ class ClusterWriter:
 
     async def _write(self, node: str, orders: Sequence[Order]) -> bool:
         for attempt in range(_ATTEMPTS):
-            known = self._known.get(node)
+            known = self._nodes.known(node)
             if known is None:
                 # The watch has shown every LazyImageNode there is, so an unknown one is most
                 # likely missing: make it at once, and read it only if it was there after all.
                 if attempt == 0 and await self._create_node(node, orders):
                     return True
-                try:
-                    self.observe(node, await self._client.get(LAZYIMAGE_NODES, node))
-                except NotFoundError:
-                    if await self._create_node(node, orders):
-                        return True
+                if not await self._read(node) and await self._create_node(node, orders):
+                    return True
                 continue
             merged = merge_orders(
                 known.orders, orders, now=self.now(), refresh=self._refresh, limit=self._limit
@@ -131,15 +105,26 @@ class ClusterWriter:
                 return False
             patch = {"metadata": {"resourceVersion": known.version}, "spec": {"orders": merged}}
             try:
-                self.observe(node, await self._client.merge_patch(LAZYIMAGE_NODES, node, patch))
-            except ConflictError:
-                self._known.pop(node, None)  # moved on (an agent's report): read it again
+                self._nodes.observe(
+                    node, await self._client.merge_patch(LAZYIMAGE_NODES, node, patch)
+                )
+            except ConflictError:  # moved on (an agent's report): read it again
+                await self._read(node)
                 continue
             except NotFoundError:
-                self._known.pop(node, None)
+                self._nodes.observe(node, None)
                 continue
             return True
         raise ConflictError(f"orders for node {node}: still conflicting after {_ATTEMPTS} tries")
+
+    async def _read(self, node: str) -> bool:
+        """Read the node's LazyImageNode into the book. False if there is none."""
+        try:
+            self._nodes.observe(node, await self._client.get(LAZYIMAGE_NODES, node))
+        except NotFoundError:
+            self._nodes.observe(node, None)
+            return False
+        return True
 
     async def _create_node(self, node: str, orders: Sequence[Order]) -> bool:
         merged = merge_orders([], orders, now=self.now(), refresh=self._refresh, limit=self._limit)
@@ -157,7 +142,7 @@ class ClusterWriter:
             "spec": {"orders": merged or []},
         }
         try:
-            self.observe(node, await self._client.create(LAZYIMAGE_NODES, body))
+            self._nodes.observe(node, await self._client.create(LAZYIMAGE_NODES, body))
         except ConflictError:  # made meanwhile, by another write: merge into it
             return False
         return True

@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -22,9 +21,10 @@ import trio
 from lazyimage import __version__, errors, metrics, names
 from lazyimage.agent.prewarm import ImagePrewarmer, PrewarmResult
 from lazyimage.agent.profiles import ProfileBook, RecordedLayer, profile_paths
+from lazyimage.api import ImageReport, Order, utc_now
 from lazyimage.kube import KubeClient, KubeError, NotFoundError, ResourcePath
 
-__all__ = ["LAZYIMAGE_NODES", "ImageState", "Order", "OrderRunner", "utc_now"]
+__all__ = ["LAZYIMAGE_NODES", "ImageState", "OrderRunner"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,30 +34,6 @@ LAZYIMAGES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_PL
 _COALESCE = 0.2
 _HEARTBEAT = 30.0
 _RETRY = 2.0
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True)
-class Order:
-    image: str
-    lazy_image: str
-    issued_at: str
-    pull_secrets: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_spec(cls, raw: Mapping[str, Any]) -> Order | None:
-        image, issued = raw.get("image"), raw.get("issuedAt")
-        if not isinstance(image, str) or not image or not isinstance(issued, str):
-            return None
-        secrets = tuple(
-            (str(ref.get("namespace", "")), str(ref.get("name", "")))
-            for ref in raw.get("pullSecrets") or []
-            if isinstance(ref, Mapping)
-        )
-        return cls(image, str(raw.get("lazyImage") or ""), issued, secrets)
 
 
 @dataclass
@@ -71,28 +47,24 @@ class ImageState:
     layers: tuple[str, ...] = ()
 
     def to_status(self, counts: Callable[[Sequence[str]], tuple[int, int]]) -> dict[str, Any]:
-        raw: dict[str, Any] = {
-            "image": self.order.image,
-            "issuedAt": self.order.issued_at,
-            "state": self.state,
-            "updated": self.updated,
-        }
-        if self.order.lazy_image:
-            raw["lazyImage"] = self.order.lazy_image
-        if self.message:
-            raw["message"] = self.message[:1024]
-        if self.result is not None:
-            raw |= {
-                "digest": self.result.digest,
-                "layers": self.result.layer_count,
-                "zoneBytes": self.result.zone_bytes,
-                "fetchedBytes": self.result.fetched_bytes,
-                "seconds": round(self.result.seconds, 3),
-                "profileFiles": self.result.profile_files,
-            }
         hits, misses = counts(self.layers)
-        raw["cacheHits"], raw["cacheMisses"] = hits, misses
-        return raw
+        result = self.result
+        return ImageReport(
+            image=self.order.image,
+            issued_at=self.order.issued_at,
+            state=self.state,
+            updated=self.updated,
+            lazy_image=self.order.lazy_image,
+            message=self.message,
+            digest=result.digest if result else None,
+            layers=result.layer_count if result else None,
+            zone_bytes=result.zone_bytes if result else None,
+            fetched_bytes=result.fetched_bytes if result else None,
+            seconds=result.seconds if result else None,
+            profile_files=result.profile_files if result else None,
+            cache_hits=hits,
+            cache_misses=misses,
+        ).to_dict()
 
 
 class OrderRunner:
@@ -144,7 +116,7 @@ class OrderRunner:
         orders = [
             order
             for raw in (obj.get("spec") or {}).get("orders") or []
-            if isinstance(raw, Mapping) and (order := Order.from_spec(raw)) is not None
+            if isinstance(raw, Mapping) and (order := Order.from_dict(raw)) is not None
         ]
         if not self._seen:
             for order in self._adopt((obj.get("status") or {}).get("images") or [], orders):
@@ -172,19 +144,20 @@ class OrderRunner:
         returns those taken over."""
         by_image = {order.image: order for order in orders}
         adopted: list[Order] = []
-        for report in reports:
-            if not isinstance(report, Mapping):
+        for raw in reports:
+            if not isinstance(raw, Mapping):
                 continue
-            order = by_image.get(str(report.get("image")))
-            if order is None or report.get("issuedAt") != order.issued_at:
+            report = ImageReport.from_dict(raw)
+            order = by_image.get(report.image)
+            if order is None or report.issued_at != order.issued_at:
                 continue
-            if report.get("state") in ("Ready", "Failed"):
+            if report.state in ("Ready", "Failed"):
                 self._states[order.image] = ImageState(
                     order,
-                    state=str(report["state"]),
-                    message=str(report.get("message", "")),
+                    state=report.state,
+                    message=report.message,
                     result=_result_of(report),
-                    updated=str(report.get("updated") or utc_now()),
+                    updated=report.updated or utc_now(),
                 )
                 adopted.append(order)
         return adopted
@@ -298,20 +271,15 @@ class OrderRunner:
                 self._changed.set()
 
 
-def _result_of(report: Mapping[str, Any]) -> PrewarmResult | None:
-    if report.get("state") != "Ready" or not isinstance(report.get("digest"), str):
+def _result_of(report: ImageReport) -> PrewarmResult | None:
+    if report.state != "Ready" or report.digest is None:
         return None
-
-    def number(key: str) -> int:
-        value = report.get(key)
-        return value if isinstance(value, int) else 0
-
     return PrewarmResult(
-        digest=str(report["digest"]),
+        digest=report.digest,
         layers=(),
-        layer_count=number("layers"),
+        layer_count=report.layers or 0,
         skipped=0,
-        zone_bytes=number("zoneBytes"),
-        fetched_bytes=number("fetchedBytes"),
-        seconds=float(report.get("seconds") or 0.0),
+        zone_bytes=report.zone_bytes or 0,
+        fetched_bytes=report.fetched_bytes or 0,
+        seconds=report.seconds or 0.0,
     )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from lazyimage_operator.orders import Order, format_time, merge_orders, parse_time
-from lazyimage_operator.pods import SecretRef
+from lazyimage.api import Order, SecretRef, format_time, parse_time
+from lazyimage_operator.orders import merge_orders
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 REFRESH = timedelta(minutes=5)
 
 
 def _order(image: str, at: datetime = NOW, *secrets: SecretRef) -> Order:
-    return Order(image, f"li-{image}", at, reason="pod shop/web", pull_secrets=secrets)
+    return Order(image, f"li-{image}", format_time(at), reason="pod shop/web", pull_secrets=secrets)
 
 
 def test_a_new_image_is_ordered() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lazyimage_operator.pods import SecretRef, prewarm_request
+from lazyimage.api import SecretRef
+from lazyimage_operator.pods import prewarm_request
 
 
 def _pod(**overrides: Any) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from lazyimage.api import Order, format_time
 from lazyimage.kube import ConflictError, NotFoundError
-from lazyimage_operator.orders import Order
+from lazyimage_operator.nodebook import NodeBook
 from lazyimage_operator.writer import ClusterWriter
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -57,12 +58,13 @@ class FakeClient:
 
 
 def _order(image: str) -> Order:
-    return Order(image, f"li-{image}", NOW, "pod ns/p")
+    return Order(image, f"li-{image}", format_time(NOW), "pod ns/p")
 
 
-def _writer(client: FakeClient) -> ClusterWriter:
+def _writer(client: FakeClient, nodes: NodeBook | None = None) -> ClusterWriter:
     return ClusterWriter(
         client,  # type: ignore[arg-type]
+        nodes or NodeBook(),
         refresh=timedelta(minutes=5),
         limit=64,
         clock=lambda: NOW,
@@ -116,10 +118,11 @@ def test_an_older_watch_event_does_not_replace_a_newer_write() -> None:
     async def main() -> None:
         client = FakeClient()
         client._stored("n3", {"orders": []})
-        writer = _writer(client)
+        nodes = NodeBook()
+        writer = _writer(client, nodes)
         stale = {"metadata": {"resourceVersion": "1"}, "spec": {"orders": []}}
         assert await writer.order("n3", [_order("a")])
-        writer.observe("n3", stale)  # an event from before our write, delivered late
+        nodes.observe("n3", stale)  # an event from before our write, delivered late
         client.calls.clear()
         assert await writer.order("n3", [_order("a")]) is False
         assert client.calls == []
