@@ -20,7 +20,13 @@ descriptor polls POLLERR), on ``exit``, or if nothing was deposited within ``IDL
 seconds of its start. Only clients with the holder's own uid are answered; the socket is
 created owner-only in a directory the caller owns.
 
-Run as ``python -m lazyimage.holder [--detach] SOCKET``.
+In a pod, the holder must also outlive the pod's containers, which end with every process in
+their PID namespace and their cgroups. With ``--cgroup PATH`` (in the host's PID namespace), it
+first moves itself to cgroup ``PATH`` in each hierarchy it belongs to, through whichever mount
+of each whole hierarchy it can see (a pod sees the host's through a hostPath volume of
+``/sys/fs/cgroup``; a container's own cgroup mounts show only its subtree).
+
+Run as ``python -m lazyimage.holder [--detach] [--cgroup PATH] SOCKET``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __all__ = [
     "HolderError",
     "deposit",
     "ensure_running",
+    "leave_cgroups",
     "serve",
     "stop",
     "take",
@@ -89,17 +96,24 @@ def take(path: Path) -> Held | None:
     return Held(fd, meta)
 
 
-def deposit(path: Path, fd: int, meta: dict[str, Any], *, log_path: Path | None = None) -> int:
+def deposit(
+    path: Path,
+    fd: int,
+    meta: dict[str, Any],
+    *,
+    log_path: Path | None = None,
+    cgroup: str | None = None,
+) -> int:
     """Hand ``fd`` (a copy: the caller keeps its own) to the holder at ``path``, starting one
-    if none answers. Returns the holder's pid."""
-    pid = ensure_running(path, log_path=log_path)
+    (moved to ``cgroup``) if none answers. Returns the holder's pid."""
+    pid = ensure_running(path, log_path=log_path, cgroup=cgroup)
     answer, _ = _ask(path, {"op": "put", "meta": meta}, fd)
     if answer.get("ok") is not True:
         raise HolderError(f"the holder at {path} refused the descriptor: {answer}")
     return pid
 
 
-def ensure_running(path: Path, *, log_path: Path | None = None) -> int:
+def ensure_running(path: Path, *, log_path: Path | None = None, cgroup: str | None = None) -> int:
     """The pid of the holder answering at ``path``, started first if none does."""
     try:
         return _hello(path)
@@ -113,7 +127,14 @@ def ensure_running(path: Path, *, log_path: Path | None = None) -> int:
         # It detaches (forks, and the first process exits at once), so it is nobody's child
         # and in its own session: a signal to the agent's process group does not reach it.
         subprocess.run(
-            [sys.executable, "-m", "lazyimage.holder", "--detach", str(path)],
+            [
+                sys.executable,
+                "-m",
+                "lazyimage.holder",
+                "--detach",
+                *(["--cgroup", cgroup] if cgroup else []),
+                str(path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -201,6 +222,63 @@ def _short_path(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{directory}/{path.name}"
     finally:
         os.close(directory)
+
+
+# -- leaving the pod ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CgroupMount:
+    point: Path
+    version: int
+    options: frozenset[str]  # v1: its controllers (and name=...) among the mount options
+
+
+def leave_cgroups(target: str, proc: Path = Path("/proc")) -> list[str]:
+    """Move this process to cgroup ``target`` in every hierarchy it belongs to, so that
+    killing the processes of its old cgroups (a pod's container ending) does not reach it.
+    Returns the hierarchies moved ("unified" for v2); raises OSError."""
+    mounts = _cgroup_mounts((proc / "self" / "mountinfo").read_text())
+    moved: list[str] = []
+    for line in (proc / "self" / "cgroup").read_text().splitlines():
+        _, controllers, _ = line.split(":", 2)
+        wanted = frozenset(c for c in controllers.split(",") if c)
+        for mount in mounts:
+            if (mount.version == 2 and not wanted) or (wanted and wanted <= mount.options):
+                directory = _make_cgroup(mount.point, target, cpuset="cpuset" in wanted)
+                (directory / "cgroup.procs").write_text(str(os.getpid()))
+                moved.append(controllers or "unified")
+                break
+    return moved
+
+
+def _cgroup_mounts(mountinfo: str) -> list[_CgroupMount]:
+    """The mounts of whole cgroup hierarchies (root ``/``), from a mountinfo table."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5 or fields[3] != "/":
+            continue
+        fstype, _, super_options = line.split(" - ", 1)[1].split(" ")[:3]
+        if fstype in ("cgroup", "cgroup2"):
+            version = 2 if fstype == "cgroup2" else 1
+            point = Path(fields[4].replace("\\040", " "))
+            mounts.append(_CgroupMount(point, version, frozenset(super_options.split(","))))
+    return mounts
+
+
+def _make_cgroup(hierarchy: Path, target: str, *, cpuset: bool) -> Path:
+    """``target`` under ``hierarchy``, made a level at a time: a new cpuset cgroup has no
+    cpus or mems, and nothing can join it until they are copied from its parent."""
+    directory = hierarchy
+    for part in Path(target.strip("/")).parts:
+        parent, directory = directory, directory / part
+        directory.mkdir(exist_ok=True)
+        if cpuset:
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not (directory / name).read_text().strip():
+                    (directory / name).write_text((parent / name).read_text())
+    return directory
 
 
 # -- the holder process ------------------------------------------------------------------------
@@ -301,13 +379,25 @@ def _say(message: str) -> None:
 def _main(argv: list[str]) -> int:
     detach = argv[:1] == ["--detach"]
     args = argv[1:] if detach else argv
+    cgroup = None
+    if args[:1] == ["--cgroup"] and len(args) > 1:
+        cgroup, args = args[1], args[2:]
     if len(args) != 1:
-        print("usage: python -m lazyimage.holder [--detach] SOCKET", file=sys.stderr)
+        print(
+            "usage: python -m lazyimage.holder [--detach] [--cgroup PATH] SOCKET", file=sys.stderr
+        )
         return 2
     if detach:
         if os.fork() != 0:
             os._exit(0)
         os.setsid()
+    if cgroup is not None:
+        # Best effort: staying in the pod's cgroups only loses the mount with the pod, as
+        # without a holder; the agent's pod restarts are what this is for.
+        try:
+            _say(f"moved to cgroup {cgroup} in: {', '.join(leave_cgroups(cgroup)) or 'none'}")
+        except (OSError, ValueError) as exc:
+            _say(f"could not leave the pod's cgroups for {cgroup}: {exc}")
     return serve(Path(args[0]))
 
 

@@ -2,8 +2,9 @@
 
 Pods are only watched, never written, and not through kopf: ``podwatch`` follows bound pending
 pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks. What the
-operator knows of each LazyImageNode lives in one ``NodeBook``. Progress and finalizers live
-only on LazyImage objects, which own their timer.
+operator knows of each LazyImageNode lives in one ``NodeBook``. The LazyImages' status is
+folded by the operator's own ``StatusLoop``, not a kopf timer, so that kopf puts no finalizer
+on them.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from typing import Any
 
 import kopf
 from lazyimage import names
-from lazyimage.api import format_time
 from lazyimage.kube import KubeClient, KubeConfig, KubeError
 
 from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
-from lazyimage_operator.fold import fold_status
 from lazyimage_operator.nodebook import NodeBook
 from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.podwatch import follow_bound_pods
-from lazyimage_operator.prewarm import SelectorPrewarm, prewarm_pod, selector_orders
+from lazyimage_operator.prewarm import prewarm_pod
 from lazyimage_operator.profiles import newer_profiles
+from lazyimage_operator.statusloop import LazyImageView, StatusLoop, release_finalizer
 from lazyimage_operator.supervisor import Supervisor
 from lazyimage_operator.writer import ClusterWriter
 
@@ -35,12 +35,15 @@ __all__ = ["connection_info", "operator_settings", "register"]
 _GROUP, _VERSION = names.API_GROUP, names.API_VERSION
 
 logger = logging.getLogger(__name__)
+# kopf's finalizer name. No handler needs one now; LazyImages written by operators that had a
+# status timer may still carry it, and lose it when next seen.
+FINALIZER = f"{names.API_GROUP}/operator"
 
 
 def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = f"{names.API_GROUP}/operator"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.API_GROUP, key="last-handled-configuration"
@@ -64,11 +67,6 @@ def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
         certificate_data=config.client_cert_data,
         private_key_data=config.client_key_data,
     )
-
-
-def _status_differs(current: Any, folded: dict[str, Any]) -> bool:
-    current = dict(current or {})
-    return any(current.get(key) != value for key, value in folded.items())
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -117,25 +115,40 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             restarts=metrics.POD_WATCH_RESTARTS,
         )
         memo["pod_watch"], memo["pods"] = watch, asyncio.create_task(watch.run())
+        statuses = StatusLoop(client, writer, nodes, config.status_interval)
+        folding = Supervisor(
+            "status loop of LazyImages", statuses.run, restarts=metrics.STATUS_LOOP_RESTARTS
+        )
+        memo["statuses"], memo["status_loop"] = statuses, folding
+        memo["folding"] = asyncio.create_task(folding.run())
+
+    def supervised(memo: kopf.Memo, key: str) -> dict[str, int]:
+        loop = memo.get(key)
+        if not isinstance(loop, Supervisor):
+            raise kopf.PermanentError(f"{key} was never started")
+        problem = loop.problem()
+        if problem is not None:
+            raise kopf.PermanentError(problem)
+        return {"restarts": loop.restarts}
 
     @kopf.on.probe(id="pod_watch", registry=registry)
     async def pod_watch_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
         """Fails the liveness probe while the watch of bound pods keeps failing."""
-        watch = memo.get("pod_watch")
-        if not isinstance(watch, Supervisor):
-            raise kopf.PermanentError("the watch of bound pods was never started")
-        problem = watch.problem()
-        if problem is not None:
-            raise kopf.PermanentError(problem)
-        return {"restarts": watch.restarts}
+        return supervised(memo, "pod_watch")
+
+    @kopf.on.probe(id="status_loop", registry=registry)
+    async def status_loop_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        """Fails the liveness probe while the LazyImages' status loop keeps failing."""
+        return supervised(memo, "status_loop")
 
     @kopf.on.cleanup(id="disconnect", registry=registry)
     async def disconnect(memo: kopf.Memo, **_: Any) -> None:
-        pods = memo.get("pods")
-        if isinstance(pods, asyncio.Task):
-            pods.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pods
+        for key in ("pods", "folding"):
+            task = memo.get(key)
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         client = memo.get("client")
         if isinstance(client, KubeClient):
             await client.__aexit__(None, None, None)
@@ -190,47 +203,23 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             writer.note_node(name, meta.get("uid"))
         return {name: dict(labels)}
 
-    @kopf.on.delete(
-        _GROUP,
-        _VERSION,
-        names.LAZYIMAGE_PLURAL,
-        optional=True,
-        id="lazyimage_deleted",
-        registry=registry,
-    )
-    def lazyimage_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
-        memo["writer"].forget_lazyimage(name)
-
-    @kopf.timer(
-        _GROUP,
-        _VERSION,
-        names.LAZYIMAGE_PLURAL,
-        interval=config.status_interval,
-        id="lazyimage_reconcile",
-        registry=registry,
-    )
-    async def lazyimage_reconcile(
+    @kopf.on.event(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="lazyimage_seen", registry=registry)
+    async def lazyimage_seen(
         name: str,
+        type: str,
+        body: kopf.Body,
         spec: kopf.Spec,
         status: kopf.Status,
         meta: kopf.Meta,
-        patch: kopf.Patch,
         memo: kopf.Memo,
         **kwargs: Any,
     ) -> None:
-        writer: ClusterWriter = memo["writer"]
-        node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
-        views = nodes.views_of(name)
-        prewarm = SelectorPrewarm.from_spec(name, spec)
-        if prewarm is not None:
-            labels = {node: next(iter(store)) for node, store in node_labels.items() if store}
-            wanted = selector_orders(prewarm, labels, views, writer.now())
-            for node, order in wanted.items():
-                await writer.order(node, [order])
-                metrics.ORDERS.labels("selector", "written").inc()
-        folded = fold_status(
-            views, now=format_time(writer.now()), generation=meta.get("generation"), previous=status
-        )
-        if _status_differs(status, folded):
-            patch.status.update(folded)
-            metrics.STATUS_WRITES.inc()
+        statuses: StatusLoop = memo["statuses"]
+        # kopf's live index; it runs this handler only once its indexes are complete.
+        statuses.node_labels = kwargs["node_labels"]
+        if type == "DELETED":
+            statuses.forget(name)
+            return
+        view = LazyImageView(dict(spec), dict(status), meta.get("generation"))
+        statuses.see(name, view)
+        await release_finalizer(memo["client"], name, body, FINALIZER)

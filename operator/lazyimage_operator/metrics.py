@@ -47,6 +47,12 @@ POD_EVENT_ERRORS = Counter(
     "the watch goes on. An API server's refusal counts as a failed order instead.",
     registry=REGISTRY,
 )
+STATUS_LOOP_RESTARTS = Counter(
+    f"{P}status_loop_restarts",
+    "Times the loop that folds the LazyImages' status failed or ended and was started again; "
+    "if it keeps failing, the liveness probe fails.",
+    registry=REGISTRY,
+)
 POD_WATCH_RESTARTS = Counter(
     f"{P}pod_watch_restarts",
     "Times the watch of bound pods failed or ended and was started again; if it keeps "

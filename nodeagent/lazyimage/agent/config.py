@@ -41,6 +41,7 @@ class AgentConfig:
     profile_window: float = 15.0  # seconds of a mount's reads kept as its startup profile
     # Keep the FUSE connection in a holder process, so a restarted agent takes the mount over.
     fuse_holder: bool = True
+    fuse_holder_cgroup: str | None = None
 
     @property
     def mountpoint(self) -> Path:
@@ -181,6 +182,14 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         "(LAZYIMAGE_FUSE_HOLDER)",
     )
     parser.add_argument(
+        "--fuse-holder-cgroup",
+        default=env.text("LAZYIMAGE_FUSE_HOLDER_CGROUP") or None,
+        metavar="PATH",
+        help="move the holder to this cgroup (in every hierarchy) when it starts, so that it "
+        "outlives the agent's pod as well as its process; needs the host's PID namespace "
+        "(LAZYIMAGE_FUSE_HOLDER_CGROUP)",
+    )
+    parser.add_argument(
         "--node-name",
         default=env.text("LAZYIMAGE_NODE_NAME") or None,
         metavar="NODE",
@@ -257,4 +266,5 @@ def parse_config(
         report_interval=args.report_interval,
         profile_window=args.profile_window,
         fuse_holder=args.fuse_holder,
+        fuse_holder_cgroup=args.fuse_holder_cgroup,
     )

@@ -61,7 +61,12 @@ async def serve(config: AgentConfig) -> None:
         stall_timeout=config.stall_timeout, background_quiet=config.background_quiet
     )
     holder = config.holder_socket if config.fuse_holder else None
-    with cache, FuseSession(config.mountpoint, fs, holder=holder) as session:
+    with (
+        cache,
+        FuseSession(
+            config.mountpoint, fs, holder=holder, holder_cgroup=config.fuse_holder_cgroup
+        ) as session,
+    ):
         async with (
             RegistryClient(
                 credentials=credentials, insecure_registries=config.insecure_registries

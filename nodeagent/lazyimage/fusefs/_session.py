@@ -45,7 +45,8 @@ _active: FuseSession | None = None
 class FuseSession:
     """Mounts ``fs`` on ``mountpoint`` now; serves it in ``serve``; unmounts in ``close``.
 
-    ``holder``: the socket of a connection holder (``lazyimage.holder``). The session
+    ``holder``: the socket of a connection holder (``lazyimage.holder``), started in cgroup
+    ``holder_cgroup`` when given (to outlive a pod's containers). The session
     deposits its ``/dev/fuse`` descriptor there, and a later session on the same mountpoint
     takes it back and serves the same mount (``adopted``) instead of mounting again, so
     readers of the mount see a pause, not an error. ``close(release=True)`` leaves the
@@ -72,6 +73,7 @@ class FuseSession:
         fs: LayerFilesystem,
         *,
         holder: Path | None = None,
+        holder_cgroup: str | None = None,
         read_ahead_kb: int = 1024,
         no_open: bool = True,
         min_tasks: int = 1,
@@ -83,6 +85,7 @@ class FuseSession:
         self.mountpoint = Path(os.path.abspath(mountpoint))
         self.fs = fs
         self._holder = holder
+        self._holder_cgroup = holder_cgroup
         self._read_ahead_kb = read_ahead_kb
         self._tasks = (min_tasks, max_tasks)
         fd, init, self.adopted = self._take_over() or self._mount_fresh()
@@ -153,7 +156,9 @@ class FuseSession:
                     "init": base64.b64encode(init).decode(),
                 }
                 log_path = self._holder.with_suffix(".log")
-                pid = holder.deposit(self._holder, fd, meta, log_path=log_path)
+                pid = holder.deposit(
+                    self._holder, fd, meta, log_path=log_path, cgroup=self._holder_cgroup
+                )
                 log.info("connection held", holder=str(self._holder), pid=pid)
         except BaseException:
             os.close(fd)

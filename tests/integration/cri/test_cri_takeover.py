@@ -8,10 +8,7 @@ kernel), and the page cache is dropped at each restart so the reads reach the ne
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import statistics
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,46 +19,19 @@ from tests.fixtures.agent import AgentProcess, drop_page_cache
 from tests.fixtures.cri import CRINodeFactory, read_cri_log
 from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
-from tests.images import PYTHON_TOP
 from tests.integration.agent.lazyimage_env import push_estargz, registry_bytes
+from tests.integration.restart_reader import (
+    FILES,
+    READER,
+    Read,
+    expected_digests,
+    parse_reads,
+    stalls,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_TEST_TIMEOUT)]
 
 RESTARTS = 20  # even ones SIGKILL, odd ones SIGTERM and start again (an upgrade)
-FILES = (
-    "usr/lib/python3.11/json/decoder.py",
-    "usr/lib/python3.11/encodings/utf_8.py",
-    "usr/bin/sha256sum",
-    PYTHON_TOP.big_file,
-)
-# Reads each file, prints its digest or the error, with the time, forever.
-READER = """
-import hashlib, sys, time
-while True:
-    for path in sys.argv[1:]:
-        try:
-            with open(path, "rb") as f:
-                line = "ok " + hashlib.sha256(f.read()).hexdigest()
-        except OSError as exc:
-            line = "FAIL " + repr(exc)
-        print(f"{time.time():.6f} {path} {line}", flush=True)
-    time.sleep(0.02)
-"""
-
-
-def _expected_digests(image: TestImage) -> dict[str, str]:
-    """Each file's sha256 from the image's own gzip layers (the topmost copy wins)."""
-    found: dict[str, str] = {}
-    for layer in image.layer_paths:
-        with tarfile.open(layer, "r:gz") as archive:
-            for member in archive:
-                name = member.name.lstrip("./")
-                if name in FILES and member.isfile():
-                    data = archive.extractfile(member)
-                    assert data is not None
-                    found[name] = hashlib.sha256(data.read()).hexdigest()
-    assert set(found) == set(FILES), set(FILES) - set(found)
-    return {f"/{name}": digest for name, digest in found.items()}
 
 
 def _reads_served(agent: AgentProcess) -> float:
@@ -73,12 +43,8 @@ def _reads_served(agent: AgentProcess) -> float:
     )
 
 
-def _lines(log: Path) -> list[tuple[float, str, str]]:
-    out = []
-    for line in read_cri_log(log):
-        stamp, path, result = line.text.split(" ", 2)
-        out.append((float(stamp), path, result))
-    return out
+def _lines(log: Path) -> list[Read]:
+    return parse_reads([line.text for line in read_cri_log(log)])
 
 
 def test_a_running_container_reads_on_across_20_agent_restarts(
@@ -87,7 +53,7 @@ def test_a_running_container_reads_on_across_20_agent_restarts(
     agent_factory: Any,
     cri_node_factory: CRINodeFactory,
 ) -> None:
-    expected = _expected_digests(python_image)
+    expected = expected_digests(python_image)
     image = push_estargz(python_image, registry, "cri/python")
     extra = ["--no-background-fill"]
     agent = agent_factory([registry.host], extra=extra)
@@ -141,25 +107,11 @@ def test_a_running_container_reads_on_across_20_agent_restarts(
     assert wrong == [], wrong[:5]
     # The pause each restart caused: the longest wait between two reads from the old
     # agent's end until the next restart (the reads in between waited in the kernel).
-    stamps = [stamp for stamp, _, _ in lines]
-    windows = zip(stopped_at, [*stopped_at[1:], stamps[-1]], strict=True)
-    # A read that was already waiting when the agent ended counts from its predecessor.
-    stalls = [
-        _longest_gap([t for t in stamps if _last_before(stamps, start) <= t <= end])
-        for start, end in windows
-    ]
-    kills, upgrades = stalls[0::2], stalls[1::2]
+    paused = stalls(lines, stopped_at)
+    kills, upgrades = paused[0::2], paused[1::2]
     print(
         f"\n{len(lines)} reads, 0 failed; stall per restart: SIGKILL median "
         f"{statistics.median(kills):.3f} s (max {max(kills):.3f}), upgrade median "
         f"{statistics.median(upgrades):.3f} s (max {max(upgrades):.3f}); "
-        f"all: {' '.join(f'{stall:.2f}' for stall in stalls)}"
+        f"all: {' '.join(f'{stall:.2f}' for stall in paused)}"
     )
-
-
-def _last_before(stamps: list[float], moment: float) -> float:
-    return max((t for t in stamps if t < moment), default=moment)
-
-
-def _longest_gap(stamps: list[float]) -> float:
-    return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)

@@ -289,6 +289,33 @@ def test_api_server_address_reaches_both_pods(helm: Helm) -> None:
     }
 
 
+def test_the_fuse_holder_outlives_the_agents_pod(helm: Helm) -> None:
+    """By default the holder leaves the pod's cgroups (hostPID, the host's cgroup tree), so
+    agents are upgraded in place; without it, none of that."""
+    objects = manifests(helm.template(NAMESPACE))
+    daemonset = _one(objects, "DaemonSet")
+    assert daemonset["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    (agent,) = pod["containers"]
+    assert _env(agent)["LAZYIMAGE_FUSE_HOLDER_CGROUP"] == "/lazyimage-fuse-holder"
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    assert mounts["host-cgroup"] == "/host/sys/fs/cgroup"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["host-cgroup"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
+
+    without = helm.template(NAMESPACE, "--set", "agent.holderCgroup=")
+    pod = _one(manifests(without), "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostPID"] is False
+    (agent,) = pod["containers"]
+    assert "LAZYIMAGE_FUSE_HOLDER_CGROUP" not in _env(agent)
+    assert "host-cgroup" not in {v["name"] for v in pod["volumes"]}
+    refused = helm.run(
+        "template", "x", str(CHART), "--set", "agent.holderCgroup=../up", check=False
+    )
+    assert refused.returncode != 0 and "holderCgroup" in refused.stderr, refused.stderr
+
+
 def test_crds_are_the_repository_crds(helm: Helm) -> None:
     # One source of truth: the chart's crds/ is a link to the repository's crds/.
     link = CHART / "crds"
@@ -376,7 +403,7 @@ def test_server_side_dry_run(helm: Helm, kube_cluster: KubeCluster, kube_namespa
             "--set",
             f"agent.pullSecretNamespaces={{{ns}}}",
             "--set",
-            "agent.updateStrategy.type=RollingUpdate",
+            "agent.updateStrategy.type=OnDelete",
             "--set",
             "imagePullSecrets={pull-me}",
         )
@@ -408,6 +435,7 @@ def test_helm_install_and_uninstall(
     )
     notes = installed.stdout.split("NOTES:", 1)[1]
     assert 'lazyimage.io/prewarm: "true"' in notes
+    assert "the next agent takes it over" in notes  # the holder outlives the agent's pod
     # The containerd 2.x drop-in, exactly as shipped, and what a lazy pod must set.
     dropin = (CHART / "files" / "containerd-dropin.toml").read_text().strip()
     assert "\n".join("    " + line for line in dropin.splitlines()) in notes, notes

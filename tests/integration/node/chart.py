@@ -22,6 +22,7 @@ from typing import Any
 from lazyimage.fusefs import abort_connection, mounts_under
 
 from tests.fixtures.agent import AgentClient
+from tests.fixtures.cgroups import CGROUP_ROOT
 from tests.fixtures.cluster import KubeNode
 from tests.fixtures.registry import free_port
 from tests.integration.deploy.helm import CHART, Helm
@@ -63,8 +64,20 @@ class ChartInstall:
     agent_name = "lazyimage-agent"
     operator_name = "lazyimage-operator"
 
-    def __init__(self, node: KubeNode, helm: Helm, base: Path, image: str, registry: str):
+    def __init__(
+        self,
+        node: KubeNode,
+        helm: Helm,
+        base: Path,
+        image: str,
+        registry: str,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        """``overrides``: chart values set on top of the ones this node needs."""
         self.node = node
+        self.overrides = dict(overrides or {})
+        # Under the node's own cgroup root, which the node removes when it stops.
+        self.holder_cgroup = f"{node.cgroup_root}/lazyimage-fuse-holder"
         self.helm = helm
         self.image = image
         self.registry = registry
@@ -104,11 +117,27 @@ class ChartInstall:
                 abort_connection(mount)
         for mount in reversed(mounts_under(self.state_dir)):
             subprocess.run(["umount", "-l", str(mount.mountpoint)], capture_output=True, timeout=30)
+        self.wait_holder_gone()
         if self._shared:
             subprocess.run(["umount", "-l", str(self.state_dir)], capture_output=True, timeout=30)
             self._shared = False
         self.node.remove_containerd_dropin("lazyimage")
         self.node.restart_containerd()
+
+    def holder_pids(self) -> list[int]:
+        """The processes in the holder's cgroup (outside every pod)."""
+        procs = CGROUP_ROOT / "pids" / self.holder_cgroup.strip("/") / "cgroup.procs"
+        try:
+            return [int(pid) for pid in procs.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def wait_holder_gone(self, timeout: float = 30) -> None:
+        """The holder exits once its connection ends (unmounted or aborted)."""
+        deadline = time.monotonic() + timeout
+        while pids := self.holder_pids():
+            assert time.monotonic() < deadline, f"the FUSE holder is still running: {pids}"
+            time.sleep(0.1)
 
     # -- helm ----------------------------------------------------------------------------------
 
@@ -131,6 +160,8 @@ class ChartInstall:
             "operator.healthPort": str(self.operator_ports[0]),
             "operator.metricsPort": str(self.operator_ports[1]),
             "operator.statusInterval": "1",
+            "agent.holderCgroup": self.holder_cgroup,
+            **self.overrides,
         }
         return [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
 
@@ -140,6 +171,13 @@ class ChartInstall:
             "install", self.release, str(CHART), "--create-namespace", "--wait",
             f"--timeout={int(_INSTALL_TIMEOUT)}s", *self.values(),
         )  # fmt: skip
+        return done.stdout
+
+    def upgrade(self, **changes: str) -> str:
+        """``helm upgrade`` with ``changes`` on top of this release's values (no wait: the
+        DaemonSet controller replaces the agent's pod as its update strategy says)."""
+        self.overrides.update(changes)
+        done = self.helm_run("upgrade", self.release, str(CHART), *self.values())
         return done.stdout
 
     def uninstall(self) -> str:

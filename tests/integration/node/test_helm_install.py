@@ -318,11 +318,6 @@ def test_uninstall_leaves_the_crds_and_a_reinstall_serves_again(story: Story) ->
     for ref in story.refs:
         remove_lazy_pods(node, story.namespace, ref)
     remove_lazy_snapshots(node)
-    # LazyImages carry the operator's finalizer (kopf's, for its status timer): they go while
-    # the operator is there to release them, as NOTES says.
-    assert node.kubectl_json("get", "lazyimages")["items"]
-    node.kubectl("delete", "lazyimages", "--all", "--timeout=60s")
-    assert not node.kubectl_json("get", "lazyimages")["items"]
     install.uninstall()
     for kind, name in (
         ("daemonset", install.agent_name),
@@ -339,6 +334,10 @@ def test_uninstall_leaves_the_crds_and_a_reinstall_serves_again(story: Story) ->
     # helm never deletes the CRDs it installed from crds/, nor the objects in them.
     node.kubectl("get", "crd", *CRDS)
     assert node.kubectl_json("get", "lazyimagenodes")["items"]
+    # The operator released its finalizer as it stopped: they can go without it.
+    left = node.kubectl_json("get", "lazyimages")["items"]
+    assert left and not any(item["metadata"].get("finalizers") for item in left), left
+    node.kubectl("delete", "lazyimages", "--all", "--timeout=60s")
 
     install.install()
     install.wait_agent_ready()
