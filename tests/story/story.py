@@ -8,7 +8,9 @@ tests/integration/node/chart.py), so the demo runs what the tests check.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from tests.fixtures.images import BUILD_TIMEOUT, ensure_image
 from tests.fixtures.project_image import IMAGE_BUILD_TIMEOUT, build_project_image
 from tests.fixtures.registry import RegistryServer
 from tests.images import PYTHON_PROBE_OUTPUT
+from tests.images._proc import CommandError
 from tests.integration.agent.lazyimage_env import push_estargz, registry_bytes
 from tests.integration.convert.cli import lazyimage
 from tests.integration.cri.helpers import RegistryImage, read_image
@@ -49,6 +52,8 @@ LAZY_REPOSITORY = "demo/python"
 # snapshotter, which holds nothing of the first name's lazy pull.
 FULL_REPOSITORY = "demo/python-full"
 _STATUS_TIMEOUT = 120.0
+# The lines of scripts/build-image's output that say where it is: its own, and buildah's steps.
+_BUILD_MILESTONE = re.compile(r"^(build-image: |\[\d+/\d+\] (STEP|COMMIT) )")
 
 
 class StoryError(Exception):
@@ -96,7 +101,7 @@ class Story:
             "build the lazyimage image from the Dockerfile (cached by its inputs) and push it",
             IMAGE_BUILD_TIMEOUT + 420,
         ):
-            chart_image = build_project_image(registry.host, on_line=_indent)
+            chart_image = self._build_chart_image(registry)
         with step("push the python image and convert it to eStargz, startup files first", 900):
             listing = write_startup_listing(self.workdir / "startup.txt")
             converted = push_estargz(
@@ -113,6 +118,24 @@ class Story:
             size = human_bytes(sum(layer.size for layer in self.lazy.manifest.layers))
             self.say(f"    {converted.ref} and {full_ref}: {len(self.lazy.layers)} layers, {size}")
         return chart_image
+
+    def _build_chart_image(self, registry: RegistryServer) -> str:
+        """scripts/build-image, its output in build-image.log; only its steps are shown."""
+        log_path = self.workdir / "build-image.log"
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        with log_path.open("w") as log:
+
+            def on_line(line: str) -> None:
+                log.write(line + "\n")
+                tail.append(line)
+                if _BUILD_MILESTONE.match(line):
+                    _indent(line if len(line) <= 100 else line[:97] + "...")
+
+            try:
+                return build_project_image(registry.host, on_line=on_line)
+            except CommandError as exc:
+                lines = "\n".join(tail)
+                raise StoryError(f"{exc}; its output is in {log_path}, ending:\n{lines}") from None
 
     def start_cluster(self, chart_image: str) -> ChartInstall:
         """The node, its containerd configured for the chart, and the chart installed."""
