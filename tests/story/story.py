@@ -95,7 +95,10 @@ class Story:
         with step("start a registry", 60):
             registry = self.registry = RegistryServer(self.workdir / "registry").start()
             self.say(f"    registry at {registry.url}")
-        with step("build the python test image from Debian packages (cached)", BUILD_TIMEOUT + 60):
+        with step(
+            "build the python test image from Debian packages (once, then cached)",
+            BUILD_TIMEOUT + 60,
+        ):
             python = ensure_image("python", timeout=BUILD_TIMEOUT)
         with step(
             "build the lazyimage image from the Dockerfile (cached by its inputs) and push it",
