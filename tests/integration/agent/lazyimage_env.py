@@ -48,6 +48,9 @@ def push_estargz(
     return RemoteImage(target, anyio.run(layers))
 
 
-def registry_bytes(registry: RegistryServer, digests: list[str]) -> int:
-    """Bytes the registry served for these blobs, from its own access log."""
-    return sum(record.size for d in digests for record in registry.blob_gets(d))
+def registry_bytes(
+    registry: RegistryServer, digests: list[str], repository: str | None = None
+) -> int:
+    """Bytes the registry served for these blobs (from ``repository`` only, if given), from its
+    own access log."""
+    return sum(record.size for d in digests for record in registry.blob_gets(d, repository))

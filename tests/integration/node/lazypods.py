@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.fixtures.cluster import KubeNode
 from tests.fixtures.cluster.containerd import RUNC_BINARY
@@ -19,8 +18,12 @@ from tests.integration.deploy.helm import CHART, Helm, manifests
 DROPIN = CHART / "files" / "containerd-dropin.toml"
 HANDLER = "lazyimage"
 RUNTIME_HANDLER_ANNOTATION = "io.containerd.cri.runtime-handler"
+PREWARM = "lazyimage.io/prewarm"
 CONTENT_DIR = "io.containerd.content.v1.content"
 POD_TIMEOUT = 180.0
+# What the probe (PYTHON_PROBE_CODE) imports: the priority zone of an eStargz python image, so
+# that a prewarm fetches it ahead of the pod.
+PROBE_STARTUP = ("encodings", "asyncio", "email", "json")
 _POLL = 0.25
 
 
@@ -52,6 +55,20 @@ def chart_runtime_class(home: Path) -> str:
     return rendered.stdout
 
 
+def write_startup_listing(path: Path) -> Path:
+    """``lazyimage convert --prioritize-from`` listing of PROBE_STARTUP's packages."""
+    path.write_text("".join(f"usr/lib/python3.11/{package}/**\n" for package in PROBE_STARTUP))
+    return path
+
+
+def rfc3339_seconds(text: str) -> float:
+    """An RFC 3339 UTC time with up to nanoseconds (containerd's, kubelet's log timestamps), as
+    seconds since the epoch."""
+    head, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    return seconds + (float("0." + fraction) if fraction else 0.0)
+
+
 def probe_pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -68,6 +85,14 @@ def probe_pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def lazy_probe(name: str, ref: str) -> dict[str, Any]:
+    """A probe pod as a user writes it: prewarmed, and of the RuntimeClass with the annotation
+    that makes containerd 2.4 pull with the handler's snapshotter."""
+    pod = probe_pod(name, ref, runtimeClassName=HANDLER)
+    pod["metadata"]["annotations"] = {PREWARM: "true", RUNTIME_HANDLER_ANNOTATION: HANDLER}
+    return pod
+
+
 def run_pod(node: KubeNode, namespace: str, pod: dict[str, Any]) -> list[str]:
     """Create the pod, wait for it to succeed, return its log lines."""
     name = pod["metadata"]["name"]
@@ -79,7 +104,7 @@ def run_pod(node: KubeNode, namespace: str, pod: dict[str, Any]) -> list[str]:
             break
         if status.get("phase") == "Failed" or time.monotonic() > deadline:
             events = node.kubectl("get", "events", "-n", namespace, check=False).stdout
-            pytest.fail(f"pod {name} did not succeed: {status}\nevents:\n{events}")
+            raise AssertionError(f"pod {name} did not succeed: {status}\nevents:\n{events}")
         time.sleep(_POLL)
     lines: list[str] = node.kubectl("logs", "-n", namespace, name).stdout.splitlines()
     return lines

@@ -15,7 +15,6 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -40,13 +39,14 @@ from tests.integration.deploy.helm import Helm
 from tests.integration.node.chart import ChartInstall
 from tests.integration.node.lazypods import (
     HANDLER,
-    RUNTIME_HANDLER_ANNOTATION,
     content_digests,
+    lazy_probe,
     pod_containers,
-    probe_pod,
     remove_lazy_pods,
     remove_lazy_snapshots,
+    rfc3339_seconds,
     run_pod,
+    write_startup_listing,
 )
 
 pytestmark = [
@@ -54,9 +54,7 @@ pytestmark = [
     pytest.mark.timeout(int(BUILD_TIMEOUT) + IMAGE_BUILD_TIMEOUT + IMAGE_TEST_TIMEOUT + 900),
 ]
 
-PREWARM = "lazyimage.io/prewarm"
 CRDS = ("lazyimages.lazyimage.io", "lazyimagenodes.lazyimage.io")
-STARTUP = ("encodings", "asyncio", "email", "json")
 _STATUS_TIMEOUT = 120.0
 _POLL = 0.5
 
@@ -85,8 +83,7 @@ def story(
     helm = Helm(go_tool("helm"), base / "helm-home")
     install = ChartInstall(kube_node, helm, base, lazyimage_image, shared_registry.host)
     # Its priority zone holds what the probe imports: what a prewarm fetches ahead of the pod.
-    listing = base / "startup.txt"
-    listing.write_text("".join(f"usr/lib/python3.11/{package}/**\n" for package in STARTUP))
+    listing = write_startup_listing(base / "startup.txt")
     prefix = f"helm-{secrets.token_hex(3)}"
     converted = push_estargz(
         python_image, shared_registry, f"{prefix}/python", "--prioritize-from", str(listing)
@@ -133,14 +130,6 @@ def _delete_crds(node: KubeNode) -> None:
     node.kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--timeout=60s", check=False)
 
 
-def lazy_probe(name: str, ref: str) -> dict[str, Any]:
-    """A probe pod as a user writes it: prewarmed, and of the RuntimeClass with the annotation
-    that makes containerd 2.4 pull with the handler's snapshotter."""
-    pod = probe_pod(name, ref, runtimeClassName=HANDLER)
-    pod["metadata"]["annotations"] = {PREWARM: "true", RUNTIME_HANDLER_ANNOTATION: HANDLER}
-    return pod
-
-
 def lazy_image_row(install: ChartInstall, ref: str) -> dict[str, Any]:
     """The LazyImage the operator keeps for ``ref``."""
     items = install.node.kubectl_json("get", "lazyimages")["items"]
@@ -162,19 +151,12 @@ def wait_lazy_image(install: ChartInstall, ref: str, done: Any) -> dict[str, Any
         time.sleep(_POLL)
 
 
-def _timestamp(text: str) -> float:
-    """An RFC 3339 time with up to nanoseconds (containerd's), as seconds since the epoch."""
-    head, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    return seconds + (float("0." + fraction) if fraction else 0.0)
-
-
 def pull_started(node: KubeNode, ref: str) -> float:
     """When kubelet's PullImage of ``ref`` reached containerd (its log's first such line)."""
     needle = f'msg="PullImage \\"{ref}\\""'
     for line in node.containerd.log_path.read_text(errors="replace").splitlines():
         if needle in line:
-            return _timestamp(line.split('"', 2)[1])
+            return rfc3339_seconds(line.split('"', 2)[1])
     raise AssertionError(f"containerd logged no PullImage of {ref}")
 
 
@@ -227,7 +209,7 @@ def test_prewarmed_pod_runs_lazily_and_the_node_shows_warm(
         and e.get("image") == image.ref
     ]  # fmt: skip
     assert ordered, agent.log()
-    prefetch_began = _timestamp(ordered[0]["timestamp"])
+    prefetch_began = rfc3339_seconds(ordered[0]["timestamp"])
     with node.containerd.log_path.open("rb") as log:
         log.seek(log_mark)
         assert f'PullImage \\"{image.ref}\\"'.encode() in log.read()
@@ -343,9 +325,3 @@ def test_uninstall_leaves_the_crds_and_a_reinstall_serves_again(story: Story) ->
     install.wait_agent_ready()
     pod = lazy_probe("reinstalled", story.image.ref)
     assert run_pod(node, story.namespace, pod) == [PYTHON_PROBE_OUTPUT]
-
-
-def test_timestamps_parse() -> None:
-    assert _timestamp("2026-12-07T15:29:34.323411152Z") == pytest.approx(
-        datetime.fromisoformat("2026-12-07T15:29:34.323411+00:00").timestamp(), abs=1e-6
-    )
