@@ -18,5 +18,8 @@ class OperatorConfig:
     orders_per_node: int = 64
     # How often each LazyImage's status is folded and its selector orders checked.
     status_interval: float = 2.0
+    # Only pods of these RuntimeClasses are prewarmed (their pulls are lazy); empty: every pod,
+    # for nodes whose containerd uses the lazyimage snapshotter for all pods.
+    lazy_runtime_classes: frozenset[str] = frozenset()
     liveness: str | None = None
     metrics: str | None = None  # HOST:PORT to serve /metrics on

@@ -90,6 +90,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         memo["client"], memo["writer"] = client, writer
 
         async def pod_bound(request: PrewarmRequest) -> None:
+            lazy = config.lazy_runtime_classes
+            if lazy and request.runtime_class not in lazy:
+                # Pulled in full by containerd's default snapshotter: a prewarm would only
+                # fetch what nothing reads.
+                metrics.ORDERS.labels("pod", "not-lazy").inc(len(request.images))
+                return
             started = time.monotonic()
             try:
                 orders = await prewarm_pod(writer, request)

@@ -86,6 +86,14 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         "LAZYIMAGE_STATUS_INTERVAL)",
     )
     parser.add_argument(
+        "--lazy-runtime-class",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="prewarm only pods of this RuntimeClass (repeatable), the ones whose pulls are "
+        "lazy; without it every annotated pod (LAZYIMAGE_LAZY_RUNTIME_CLASSES, comma-separated)",
+    )
+    parser.add_argument(
         "--liveness",
         type=_liveness_url,
         default=env("LAZYIMAGE_LIVENESS", _liveness_url, None),
@@ -124,6 +132,15 @@ def parse_config(
         order_refresh=timedelta(seconds=args.order_refresh),
         orders_per_node=args.orders_per_node,
         status_interval=args.status_interval,
+        lazy_runtime_classes=frozenset(
+            args.lazy_runtime_class
+            if args.lazy_runtime_class is not None
+            else [
+                name.strip()
+                for name in defaults.text("LAZYIMAGE_LAZY_RUNTIME_CLASSES").split(",")
+                if name.strip()
+            ]
+        ),
         liveness=args.liveness,
         metrics=args.metrics,
     )

@@ -22,7 +22,8 @@ P = f"{names.METRIC_PREFIX}operator_"
 ORDERS = Counter(
     f"{P}orders",
     "Prefetch orders for a node and an image, by what asked (pod, selector) and what came of it "
-    "(written; fresh: the node already held a fresh order; failed).",
+    "(written; fresh: the node already held a fresh order; failed; not-lazy: the pod is of no "
+    "RuntimeClass given by --lazy-runtime-class).",
     ["source", "result"],
     registry=REGISTRY,
 )

@@ -22,6 +22,7 @@ class PrewarmRequest:
     node: str
     images: tuple[str, ...]
     pull_secrets: tuple[SecretRef, ...]
+    runtime_class: str | None = None  # spec.runtimeClassName: lazy only in lazyimage's class
 
 
 def prewarm_request(pod: Mapping[str, Any]) -> PrewarmRequest | None:
@@ -60,4 +61,5 @@ def prewarm_request(pod: Mapping[str, Any]) -> PrewarmRequest | None:
         node=str(node),
         images=tuple(images),
         pull_secrets=secrets,
+        runtime_class=spec.get("runtimeClassName") or None,
     )

@@ -104,6 +104,7 @@ def test_renders_both_components(helm: Helm) -> None:
     (operator,) = pod["containers"]
     assert operator["command"] == ["lazyimage-operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in operator["args"]
+    assert "--lazy-runtime-class=lazyimage" in operator["args"]  # only pods of the class
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert operator["ports"][0]["containerPort"] == 8080
 
@@ -203,6 +204,9 @@ def test_components_can_be_turned_off(helm: Helm) -> None:
         "Deployment",
     }
     assert all(obj["metadata"]["name"] == "lazyimage-operator" for obj in without_agent)
+    no_class = manifests(helm.template(NAMESPACE, "--set", "runtimeClass.enabled=false"))
+    (operator,) = _one(no_class, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [arg for arg in operator["args"] if arg.startswith("--lazy-runtime-class")]
     without_operator = manifests(helm.template(NAMESPACE, "--set", "operator.enabled=false"))
     assert not by_kind(without_operator, "Deployment")
     assert all("operator" not in obj["metadata"]["name"] for obj in without_operator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import time
 import urllib.request
 from pathlib import Path
@@ -331,3 +332,50 @@ def test_orders_and_reports_survive_restarts(
     assert report["issuedAt"] == first["issuedAt"] and report["digest"] == first["digest"]
     events = [event.get("event") for event in again.log_events()]
     assert "prefetch_ordered" not in events, again.log()
+
+
+def test_only_pods_of_a_lazy_runtime_class_are_prewarmed(
+    lazyimage_crds: KubeCluster, kube_namespace: str, operator_factory: Any
+) -> None:
+    """With --lazy-runtime-class, a pod outside the class is pulled in full by containerd's
+    default snapshotter, so its prewarm would fetch what nothing reads: it is not ordered."""
+    cluster, tag = lazyimage_crds, secrets.token_hex(3)
+    node, lazy_class = f"class-node-{tag}", f"lazy-{tag}"
+    create(cluster, {
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": lazy_class}, "handler": "lazyimage",
+    })  # fmt: skip
+    metrics_port = free_port()
+    operator = operator_factory(
+        cluster.kubeconfig,
+        *("--lazy-runtime-class", lazy_class, "--metrics", f"127.0.0.1:{metrics_port}"),
+    )
+    try:
+        plain, lazy = f"reg.example/class-{tag}/plain:1", f"reg.example/class-{tag}/lazy:1"
+        create(cluster, prewarm_pod("plain", kube_namespace, node, plain))
+        create(
+            cluster, prewarm_pod("lazy", kube_namespace, node, lazy, runtimeClassName=lazy_class)
+        )
+        orders = wait_for(
+            "the lazy pod's order",
+            lambda: ((get_json(cluster, "lazyimagenode", node) or {}).get("spec") or {}).get(
+                "orders"
+            ),
+            60,
+            operator.log,
+        )
+        assert [order["image"] for order in orders] == [lazy]
+
+        def skipped() -> float:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as page:
+                exported = parse_metrics(page.read().decode())
+            return exported.get(
+                'lazyimage_operator_orders_total{result="not-lazy",source="pod"}', 0
+            )
+
+        assert wait_for("the plain pod counted", lambda: skipped() == 1.0, 30, operator.log)
+        assert _lazyimage_of(cluster, plain) is None
+    finally:
+        cluster.kubectl("delete", "runtimeclass", lazy_class, check=False)
+        cluster.kubectl("delete", "lazyimagenode", node, "--ignore-not-found", check=False)

@@ -21,6 +21,7 @@ def test_variables_set_every_value() -> None:
             "LAZYIMAGE_LIVENESS": "http://0.0.0.0:8080/healthz",
             "LAZYIMAGE_METRICS": "[::]:9100",
             "LAZYIMAGE_LOG_LEVEL": "WARNING",
+            "LAZYIMAGE_LAZY_RUNTIME_CLASSES": "lazyimage, gpu-lazy,",
         },
     )
     assert config.kubeconfig == Path("/etc/kube/config")
@@ -30,11 +31,19 @@ def test_variables_set_every_value() -> None:
     assert config.liveness == "http://0.0.0.0:8080/healthz"
     assert config.metrics == "[::]:9100"
     assert level == "WARNING"
+    assert config.lazy_runtime_classes == {"lazyimage", "gpu-lazy"}
 
 
 def test_flags_win_over_variables() -> None:
     config, _ = parse_config(["--orders-per-node", "8"], {"LAZYIMAGE_ORDERS_PER_NODE": "9"})
     assert config.orders_per_node == 8
+    config, _ = parse_config(
+        ["--lazy-runtime-class", "a", "--lazy-runtime-class", "b"],
+        {"LAZYIMAGE_LAZY_RUNTIME_CLASSES": "c"},
+    )
+    assert config.lazy_runtime_classes == {"a", "b"}
+    config, _ = parse_config([], {})
+    assert config.lazy_runtime_classes == frozenset()  # every annotated pod
 
 
 def test_a_bad_variable_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:

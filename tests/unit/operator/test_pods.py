@@ -67,3 +67,12 @@ def test_a_pod_without_a_phase_yet_counts_as_pending() -> None:
     pod = _pod()
     pod.pop("status")
     assert prewarm_request(pod) is not None
+
+
+def test_the_pods_runtime_class_travels_with_its_request() -> None:
+    pod = _pod()
+    pod["spec"]["runtimeClassName"] = "lazyimage"
+    request = prewarm_request(pod)
+    assert request is not None and request.runtime_class == "lazyimage"
+    plain = prewarm_request(_pod())
+    assert plain is not None and plain.runtime_class is None
