@@ -115,6 +115,7 @@ class MountedLayer:
             "prefetchError": self.prefetch_error,
             "fetchedBytes": self.fetcher.fetched_bytes,
             "users": self.users,
+            "alsoThrough": [str(ref) for ref in _other_refs(self)],
         }
 
 
@@ -164,6 +165,7 @@ class LayerManager:
             existing = self._layers.get(spec.name)
             if existing is not None:
                 _check_toc(existing, spec)
+                _also_through(existing, spec)
                 existing.users += 1
                 await self._save_book()
                 return existing
@@ -188,6 +190,8 @@ class LayerManager:
                     spec = LayerSpec(ref, entry.digest, entry.toc_digest, entry.size)
                     opened = await self._open(spec)
                     mounted = self._attach(spec, opened, slot=entry.slot, users=0)
+                    for also in entry.also:
+                        _also_through(mounted, LayerSpec(Reference.parse(also), spec.digest, ""))
                 except (errors.LazyImageError, ValueError) as exc:
                     # Its inodes answer ESTALE; the other layers are not held back.
                     log.warning("layer_not_taken_over", layer=entry.digest, error=str(exc))
@@ -274,6 +278,7 @@ class LayerManager:
                 toc_digest=layer.spec.toc_digest,
                 size=layer.size,
                 users=max(layer.users, self._booked_users.get(name, 0)),
+                also=tuple(str(ref) for ref in _other_refs(layer)),
             )
             for name, layer in self._layers.items()
         ]
@@ -306,6 +311,7 @@ class LayerManager:
         mounted = self._layers.get(spec.name)
         if mounted is not None:
             _check_toc(mounted, spec)
+            _also_through(mounted, spec)
             fetcher, tree = mounted.fetcher, mounted.tree
         else:
             fetcher, tree, _ = await self._open(spec)
@@ -442,6 +448,27 @@ class LayerManager:
             layer.prefetch_done.set()
             if layer.prefetch_scope.cancel_called and not layer.fill_done.is_set():
                 log.info("prefetch_stopped", layer=layer.spec.digest, reason="unmounted")
+
+
+def _other_refs(mounted: MountedLayer) -> list[Reference]:
+    """The repositories other than its own that the layer is also read through."""
+    source = mounted.fetcher.source
+    if not isinstance(source, RegistrySource):
+        return []
+    own = mounted.spec.ref
+    return [
+        ref
+        for ref in source.refs
+        if (ref.registry, ref.repository) != (own.registry, own.repository)
+    ]
+
+
+def _also_through(mounted: MountedLayer, spec: LayerSpec) -> None:
+    """A mounted layer asked for through another repository (an image sharing it) is also
+    read through that one when its own refuses: each repository keeps its own credentials."""
+    source = mounted.fetcher.source
+    if isinstance(source, RegistrySource) and source.add_ref(spec.ref):
+        log.info("layer_shared", layer=spec.digest, ref=str(spec.ref), refs=len(source.refs))
 
 
 @dataclass

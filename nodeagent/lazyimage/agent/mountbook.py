@@ -34,6 +34,8 @@ class BookedLayer:
     toc_digest: str
     size: int
     users: int
+    # Other repositories the layer is read through when its own refuses (images sharing it).
+    also: tuple[str, ...] = ()
 
 
 class MountBook:
@@ -55,8 +57,8 @@ class MountBook:
         layers: list[BookedLayer] = []
         for entry in raw.get("layers") or []:
             try:
-                layers.append(BookedLayer(**entry))
-            except TypeError as exc:
+                layers.append(BookedLayer(**{**entry, "also": tuple(entry.get("also") or ())}))
+            except (TypeError, AttributeError) as exc:
                 log.warning("mount_book_entry_refused", entry=entry, error=str(exc))
         next_slot = raw.get("nextSlot")
         return layers, next_slot if isinstance(next_slot, int) and next_slot > 0 else 1

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import structlog
+
 from lazyimage import metrics
+from lazyimage.errors import AuthError, NotFoundError
 from lazyimage.fetch._hedge import HedgePolicy, Signals, hedged, window_for
 from lazyimage.registry import Reference, RegistryClient
 
 __all__ = ["RangeSource", "RegistrySource"]
+
+log = structlog.get_logger("lazyimage.fetch")
 
 
 class RangeSource(Protocol):
@@ -36,6 +41,11 @@ class RegistrySource:
     whichever completes first is taken (``lazyimage_fetch_hedges``). The hedge delay stays
     below half the stall timeout, so a stall is overtaken long before it is cut. A read
     that is backing off (after a 5xx, a 429, a reset) is not hedged: it keeps its backoff.
+
+    The same blob can be named in several repositories (images sharing a layer), each with
+    credentials of its own. ``add_ref`` records another; a read that the current one refuses
+    (401, 403, 404: its credentials revoked, the blob unlinked there) is tried through the
+    others, and the first that serves it becomes the current one.
     """
 
     def __init__(
@@ -52,7 +62,7 @@ class RegistrySource:
         if stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
         self.client = client
-        self.ref = ref
+        self._refs = [ref]  # the current one first
         self.digest = digest
         self.stall_timeout = stall_timeout
         self._size = size
@@ -64,17 +74,54 @@ class RegistrySource:
     def size(self) -> int:
         return self._size
 
+    @property
+    def ref(self) -> Reference:
+        """The reference reads go through now."""
+        return self._refs[0]
+
+    @property
+    def refs(self) -> list[Reference]:
+        return list(self._refs)
+
+    def add_ref(self, ref: Reference) -> bool:
+        """Also read the blob through ``ref``'s repository when the others refuse; False if
+        that repository is known already."""
+        if any(_same_repository(ref, known) for known in self._refs):
+            return False
+        self._refs.append(ref)
+        return True
+
     async def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
+        refs = list(self._refs)
+        for index, ref in enumerate(refs):
+            try:
+                data = await self._read_through(ref, offset, length)
+            except (AuthError, NotFoundError) as exc:
+                if index + 1 == len(refs):
+                    raise
+                log.warning(
+                    "layer_source_refused",
+                    layer=self.digest,
+                    repository=f"{ref.registry}/{ref.repository}",
+                    error=str(exc),
+                )
+                continue
+            if index:  # this one serves it: the next reads go there first
+                self._refs.remove(ref)
+                self._refs.insert(0, ref)
+            return data
+        raise AssertionError("unreachable: a source has at least one reference")
 
+    async def _read_through(self, ref: Reference, offset: int, length: int) -> bytes:
         async def request(signals: Signals) -> bytes:
             def retried(cause: str) -> None:
                 self._retried(cause)
                 signals.retrying()
 
             return await self.client.read_range(
-                self.ref,
+                ref,
                 self.digest,
                 offset,
                 length,
@@ -94,3 +141,7 @@ class RegistrySource:
 
     def __repr__(self) -> str:
         return f"RegistrySource({self.ref.registry}/{self.ref.repository}@{self.digest})"
+
+
+def _same_repository(a: Reference, b: Reference) -> bool:
+    return (a.registry, a.repository) == (b.registry, b.repository)

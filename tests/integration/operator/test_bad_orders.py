@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +48,6 @@ def _forge_toc_digest(registry: RegistryServer, image: RemoteImage, target: str)
     return RemoteImage(target, layers)
 
 
-def _delete_blob(registry: RegistryServer, repository: str, digest: str) -> None:
-    """Remove the blob from the repository through the registry's own API."""
-    request = urllib.request.Request(
-        f"{registry.url}/v2/{repository}/blobs/{digest}", method="DELETE"
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        assert answer.status == 202
-
-
 def _through(proxy: FaultProxy, registry: RegistryServer, ref: str) -> str:
     return ref.replace(registry.host, proxy.host, 1)
 
@@ -92,7 +82,7 @@ def test_bad_orders_fail_alone_and_the_agent_keeps_serving(
         f"{registry.host}/orders/forged:bad",
     )
     missing = push_estargz(busybox_image, registry, "orders/missing", "--level", "2")
-    _delete_blob(registry, "orders/missing", missing.layers[0].digest)
+    registry.delete_blob("orders/missing", missing.layers[0].digest)
     down = push_estargz(busybox_image, registry, "orders/down", "--level", "3")
     assert len({forged.layers[0].digest, missing.layers[0].digest, down.layers[0].digest}) == 3
 

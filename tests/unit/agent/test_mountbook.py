@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lazyimage.agent.mountbook import BookedLayer, MountBook
@@ -30,3 +31,19 @@ def test_slots_restored_out_of_order_keep_their_numbers() -> None:
     slots.add("a", "A", number=2)
     assert [(slot.number, slot.name) for slot in slots] == [(2, "a"), (5, "b")]
     assert slots.add("c", "C").number == 9  # never a number an earlier server used
+
+
+def test_other_repositories_of_a_shared_layer_are_kept_and_older_books_still_load(
+    tmp_path: Path,
+) -> None:
+    book = MountBook(tmp_path / "mounts.json")
+    shared = BookedLayer(
+        "abc", 7, "reg.test/a/app:1", LAYER.digest, LAYER.toc_digest, 10, 2,
+        also=("reg.test/b/app:1",),
+    )  # fmt: skip
+    book.save([shared], 9)
+    assert book.load() == ([shared], 9)
+    # A book written before the field existed.
+    entry = {k: v for k, v in vars(LAYER).items() if k != "also"}
+    book.path.write_text(json.dumps({"version": 1, "nextSlot": 2, "layers": [entry]}))
+    assert book.load() == ([LAYER], 2)
