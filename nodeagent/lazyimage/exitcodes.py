@@ -1,4 +1,5 @@
-"""Exit codes of the ``lazyimage`` and ``lazyimage-agent`` commands (documented in README.md)."""
+"""Exit codes of the ``lazyimage``, ``lazyimage-agent`` and ``lazyimage-operator`` commands
+(documented in README.md)."""
 
 from __future__ import annotations
 
