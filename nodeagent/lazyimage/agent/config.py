@@ -42,6 +42,10 @@ class AgentConfig:
     # Keep the FUSE connection in a holder process, so a restarted agent takes the mount over.
     fuse_holder: bool = True
     fuse_holder_cgroup: str | None = None
+    # The node's CRI socket (containerd's); set, a prewarm pulls the image through it, so
+    # kubelet finds the image present. The handler names the runtime class it is pulled for.
+    cri_socket: Path | None = None
+    cri_runtime_handler: str = ""
 
     @property
     def mountpoint(self) -> Path:
@@ -221,6 +225,23 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         "SECONDS as the image's learned startup profile; 0 turns it off "
         "(LAZYIMAGE_PROFILE_WINDOW)",
     )
+    parser.add_argument(
+        "--cri-socket",
+        type=Path,
+        default=_path(env.text("LAZYIMAGE_CRI_SOCKET")),
+        metavar="PATH",
+        help="the node's CRI socket (containerd's, e.g. /run/containerd/containerd.sock): a "
+        "prewarm pulls its image through it, as kubelet would, so the pod's own pull finds "
+        "the image present; without it a prewarm only fills the cache (LAZYIMAGE_CRI_SOCKET)",
+    )
+    parser.add_argument(
+        "--cri-runtime-handler",
+        default=env.text("LAZYIMAGE_CRI_RUNTIME_HANDLER"),
+        metavar="HANDLER",
+        help="with --cri-socket: the runtime handler whose snapshotter prewarmed images are "
+        "pulled into, the lazyimage RuntimeClass's handler on containerd 2.x "
+        "(LAZYIMAGE_CRI_RUNTIME_HANDLER)",
+    )
     levels = ("debug", "info", "warning", "error")
     parser.add_argument(
         "--log-level",
@@ -267,4 +288,6 @@ def parse_config(
         profile_window=args.profile_window,
         fuse_holder=args.fuse_holder,
         fuse_holder_cgroup=args.fuse_holder_cgroup,
+        cri_socket=args.cri_socket,
+        cri_runtime_handler=args.cri_runtime_handler,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from lazyimage import __version__
 from lazyimage.agent.layers import LayerManager, LayerSpec
+from lazyimage.agent.prewarm import ImagePrewarmer
 from lazyimage.cache import ChunkCache
 
 __all__ = ["AgentControl"]
@@ -15,8 +16,15 @@ __all__ = ["AgentControl"]
 class AgentControl:
     """Implements agent.http.ControlAPI."""
 
-    def __init__(self, manager: LayerManager, cache: ChunkCache, mountpoint: str) -> None:
+    def __init__(
+        self,
+        manager: LayerManager,
+        cache: ChunkCache,
+        mountpoint: str,
+        prewarmer: ImagePrewarmer,
+    ) -> None:
         self._manager = manager
+        self._prewarmer = prewarmer
         self._cache = cache
         self._mountpoint = mountpoint
         self._started = time.time()
@@ -60,3 +68,21 @@ class AgentControl:
         ):
             raise ValueError("paths must be a list of strings")
         return await self._manager.prefetch(LayerSpec.from_request(request), paths)
+
+    async def prewarm_image(self, request: dict[str, Any]) -> dict[str, Any]:
+        """What an order does for one image, with the node's own credentials: pull it through
+        the node's CRI socket when the agent has one, and prefetch its priority zones."""
+        image = request.get("image")
+        if not isinstance(image, str) or not image:
+            raise ValueError("image must be an image reference")
+        result = await self._prewarmer.prewarm(image)
+        return {
+            "image": image,
+            "digest": result.digest,
+            "imageId": result.image_id,
+            "layers": list(result.layers),
+            "skipped": result.skipped,
+            "zoneBytes": result.zone_bytes,
+            "fetchedBytes": result.fetched_bytes,
+            "seconds": round(result.seconds, 3),
+        }

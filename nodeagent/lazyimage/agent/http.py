@@ -14,6 +14,7 @@ Control API (JSON, on the unix socket):
     DELETE /v1/layers/NAME
     GET    /v1/layers/NAME/profile   -> the first reads of each file since the mount
     POST   /v1/prefetch              {"ref", "digest", "tocDigest", "size"?, "paths"?}
+    POST   /v1/images                {"image"}: prewarm an image, as an order does
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class ControlAPI(Protocol):
     def profile(self, name: str) -> list[dict[str, Any]]: ...
 
     async def prefetch(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def prewarm_image(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def _status_for(exc: BaseException) -> HTTPStatus:
@@ -229,6 +232,9 @@ class AgentHTTPServer:
         elif path == "/v1/prefetch" and method == "POST":
             request = h.body()
             h.send_json(HTTPStatus.OK, self._call(lambda: api.prefetch(request)))
+        elif path == "/v1/images" and method == "POST":
+            request = h.body()
+            h.send_json(HTTPStatus.OK, self._call(lambda: api.prewarm_image(request)))
         else:
             raise RequestError(f"no route {method} {path}", HTTPStatus.NOT_FOUND)
 

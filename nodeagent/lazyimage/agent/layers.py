@@ -319,12 +319,15 @@ class LayerManager:
             chunks = _chunks_of(tree, paths) if paths else _zone_chunks(tree)
             before = fetcher.fetched_bytes
             await fetcher.prefetch(chunks, Priority.PREFETCH)
-            return {
+            answer = {
                 "digest": spec.digest,
                 "chunks": len(chunks),
                 "zoneBytes": tree.prefetch_zone,
                 "fetchedBytes": fetcher.fetched_bytes - before,
             }
+            if mounted is not None:  # its mount may have fetched the zone before this call
+                answer["mountFetchedBytes"] = fetcher.fetched_bytes
+            return answer
         finally:
             if mounted is None:
                 fetcher.close()

@@ -34,7 +34,7 @@ from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.kube import KubeClient, KubeConfig, NotFoundError, ResourcePath
 from lazyimage.logs import configure_logging
 from lazyimage.registry import CredentialStore, DockerConfigFile, RegistryClient
-from lazyimage.snapshotter import Snapshotter
+from lazyimage.snapshotter import CriImageService, Snapshotter
 from lazyimage.snapshotter import serve as serve_snapshots
 
 __all__ = ["main", "serve"]
@@ -61,6 +61,9 @@ async def serve(config: AgentConfig) -> None:
         stall_timeout=config.stall_timeout, background_quiet=config.background_quiet
     )
     holder = config.holder_socket if config.fuse_holder else None
+    images = None
+    if config.cri_socket is not None:
+        images = CriImageService(config.cri_socket, config.cri_runtime_handler)
     with (
         cache,
         FuseSession(
@@ -92,7 +95,12 @@ async def serve(config: AgentConfig) -> None:
             else:
                 await manager.clear_book()
             token = trio.lowlevel.current_trio_token()
-            control = AgentControl(manager, cache, str(config.mountpoint))
+            control = AgentControl(
+                manager,
+                cache,
+                str(config.mountpoint),
+                ImagePrewarmer(manager, client, images=images),
+            )
             http = AgentHTTPServer(
                 config.listen, control, token, control_socket=config.control_socket
             )
@@ -106,7 +114,7 @@ async def serve(config: AgentConfig) -> None:
                 await manager.settle_take_over()
             grpc_server = serve_snapshots(snapshotter, config.socket)
             if config.node_name:
-                await nursery.start(follow_orders, config, manager, client, cache)
+                await nursery.start(follow_orders, config, manager, client, cache, images)
             control.is_ready = True
             log.info(
                 "agent_ready",
@@ -126,6 +134,8 @@ async def serve(config: AgentConfig) -> None:
                 snapshotter.close()
                 http.stop()
                 session.terminate()
+                if images is not None:
+                    images.close()
                 nursery.cancel_scope.cancel()
 
 
@@ -134,6 +144,7 @@ async def follow_orders(
     manager: LayerManager,
     client: RegistryClient,
     cache: ChunkCache,
+    images: CriImageService | None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -147,7 +158,7 @@ async def follow_orders(
     kube_config = KubeConfig.load(config.kubeconfig)
     secret_reader = _SecretReader()
     secrets = PullSecrets(client.credentials, secret_reader.load)
-    prewarmer = ImagePrewarmer(manager, client, secrets)
+    prewarmer = ImagePrewarmer(manager, client, secrets, images)
     profiles = ProfileBook(config.profile_window) if config.profile_window > 0 else None
 
     def cache_usage() -> tuple[int, int]:

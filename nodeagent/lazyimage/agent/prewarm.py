@@ -1,8 +1,12 @@
 """Prewarming one image on this node: resolve it, then fetch each eStargz layer's TOC and
 priority zone into the cache, so the layers mount and start without waiting on the registry.
 
-The TOCs land in the TOC store and the chunks in the chunk cache, where the snapshotter's
-mounts find them later. Nothing is mounted.
+With the node's CRI image service, the image is first pulled through it, as kubelet would
+pull it: containerd then knows the image, and its eStargz layers are mounted and committed
+as remote snapshots, so kubelet's own pull finds the image present and costs nothing. The
+zones are then fetched through those mounts. Without it, the TOCs land in the TOC store and
+the chunks in the chunk cache, where the snapshotter's mounts find them later; nothing is
+mounted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from lazyimage import errors, names
 from lazyimage.agent.layers import LayerManager, LayerSpec
 from lazyimage.agent.pullsecrets import PullSecrets
 from lazyimage.registry import Reference, RegistryClient
+from lazyimage.snapshotter import CriImageService, PullAuth
 
 __all__ = ["ImagePrewarmer", "PrewarmError", "PrewarmResult"]
 
@@ -46,6 +51,7 @@ class PrewarmResult:
     fetched_bytes: int  # bytes fetched for them now (0 when all were cached)
     seconds: float
     profile_files: int = 0  # files of the image's learned startup profile prefetched too
+    image_id: str = ""  # the id the node's CRI pull gave the image ("" when not pulled)
 
 
 class ImagePrewarmer:
@@ -54,10 +60,12 @@ class ImagePrewarmer:
         manager: LayerManager,
         client: RegistryClient,
         secrets: PullSecrets | None = None,
+        images: CriImageService | None = None,
     ) -> None:
         self._manager = manager
         self._client = client
         self._secrets = secrets
+        self._images = images
 
     async def prewarm(
         self,
@@ -87,6 +95,10 @@ class ImagePrewarmer:
         zones: dict[str, int] = {}
         fetched: dict[str, int] = {}
         learned = learned or {}
+        mounted_before = set()
+        if self._images is not None:
+            mounted_before = {layer.spec.digest for layer in self._manager.all()}
+        image_id, pull_error = await self._pull(image, ref)
 
         failures: dict[str, str] = {}
 
@@ -105,6 +117,10 @@ class ImagePrewarmer:
         async def prewarm_layer(spec: LayerSpec) -> None:
             result = await self._manager.prefetch(spec, None)
             fetched[spec.digest] = int(result["fetchedBytes"])
+            if image_id and spec.digest not in mounted_before:
+                # Mounted by the pull, which started the zone's prefetch: all it fetched is
+                # this prewarm's.
+                fetched[spec.digest] = int(result.get("mountFetchedBytes", 0))
             zones[spec.digest] = int(result.get("zoneBytes", 0))
             paths = list(learned.get(spec.digest, ()))
             if paths:
@@ -122,6 +138,10 @@ class ImagePrewarmer:
                 nursery.start_soon(one, spec)
         if failures:
             raise PrewarmError(image, failures, len(specs))
+        if pull_error:
+            raise errors.LazyImageError(
+                f"{image}: its priority zones are cached, but the node's pull failed: {pull_error}"
+            )
         result = PrewarmResult(
             digest=resolved.manifest_digest,
             layers=tuple(spec.digest for spec in specs),
@@ -131,6 +151,7 @@ class ImagePrewarmer:
             fetched_bytes=sum(fetched.values()),
             seconds=time.monotonic() - started,
             profile_files=sum(len(learned.get(spec.digest, ())) for spec in specs),
+            image_id=image_id,
         )
         log.info(
             "image_prewarmed",
@@ -142,6 +163,43 @@ class ImagePrewarmer:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    async def _pull(self, image: str, ref: Reference) -> tuple[str, str]:
+        """Pull ``image`` through the node's CRI image service, by the name the pod uses;
+        (the image id, "") or ("", what went wrong). Layers that are not eStargz are
+        downloaded in full now, as the pod's own pull would download them."""
+        if self._images is None:
+            return "", ""
+        started = time.monotonic()
+        try:
+            image_id = await trio.to_thread.run_sync(
+                self._images.pull, image, self._pull_auth(ref), abandon_on_cancel=True
+            )
+        except errors.LazyImageError as exc:
+            log.warning("cri_pull_failed", image=image, error=str(exc))
+            return "", str(exc)
+        log.info(
+            "image_pulled",
+            image=image,
+            image_id=image_id,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return image_id, ""
+
+    def _pull_auth(self, ref: Reference) -> PullAuth | None:
+        """The credentials the registry took for this repository (the order's pull secret,
+        or the node's own), for containerd, which never sees the pod's secrets otherwise."""
+        for candidate in self._client.credentials.candidates(ref.registry, ref.repository):
+            creds = candidate.credentials
+            if creds is not None:
+                return PullAuth(
+                    server_address=f"https://{ref.host}",
+                    username=creds.username,
+                    password=creds.password,
+                    identity_token=creds.identity_token,
+                    registry_token=creds.registry_token,
+                )
+        return None
 
     async def grant_secrets(self, image: str, pull_secrets: Sequence[tuple[str, str]]) -> None:
         """Let the order's pull secrets serve ``image``'s repository without prewarming it

@@ -11,6 +11,7 @@ for lazyimage's node agent, which containerd uses as the proxy snapshotter ``laz
 agent (no remote layers); containerd's own snapshotter test suite runs against it.
 """
 
+from lazyimage.snapshotter._cri import CriError, CriImageService, PullAuth
 from lazyimage.snapshotter._errors import (
     InvalidSnapshotError,
     SnapshotError,
@@ -34,9 +35,12 @@ __all__ = [
     "MAX_LABEL_SIZE",
     "REMOTE_LABEL",
     "REMOTE_LABEL_VALUE",
+    "CriError",
+    "CriImageService",
     "InvalidSnapshotError",
     "Kind",
     "Mount",
+    "PullAuth",
     "RemoteFS",
     "SnapshotError",
     "SnapshotExistsError",

@@ -3,6 +3,7 @@ and what the registry served for each layer against what the workload read from 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -224,3 +225,11 @@ def layer_bytes(registry: RegistryServer, agent: AgentClient, layer: Descriptor)
         read_compressed=compressed,
         read_uncompressed=uncompressed,
     )
+
+
+def docker_config(path: Path, registry: RegistryServer) -> Path:
+    """A docker ``config.json`` at ``path`` with ``registry``'s login."""
+    token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
+    return path

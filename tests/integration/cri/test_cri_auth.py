@@ -4,8 +4,6 @@ hands them, reads its own from ``--docker-config`` and mounts the layers lazily.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +15,9 @@ from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
 from tests.images import PYTHON_PROBE_CODE, PYTHON_PROBE_OUTPUT
 from tests.integration.convert.cli import lazyimage
-from tests.integration.cri.helpers import push_gzip, read_image, snapshot_results
+from tests.integration.cri.helpers import docker_config, push_gzip, read_image, snapshot_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_TEST_TIMEOUT)]
-
-
-def _docker_config(path: Path, registry: RegistryServer) -> Path:
-    token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
-    return path
 
 
 def test_private_registry_pulls_lazily_with_the_agents_credentials(
@@ -37,7 +28,7 @@ def test_private_registry_pulls_lazily_with_the_agents_credentials(
     cri_node_factory: CRINodeFactory,
     tmp_path: Path,
 ) -> None:
-    config = _docker_config(tmp_path / "docker" / "config.json", auth_registry)
+    config = docker_config(tmp_path / "docker" / "config.json", auth_registry)
     env = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
     source = push_gzip(python_image, auth_registry, "private/python", env=env)
     ref = f"{auth_registry.host}/private/python:esgz"
