@@ -320,6 +320,28 @@ def test_the_fuse_holder_outlives_the_agents_pod(helm: Helm) -> None:
     assert refused.returncode != 0 and "holderCgroup" in refused.stderr, refused.stderr
 
 
+def test_prewarm_pulls_through_the_nodes_containerd(helm: Helm) -> None:
+    """By default the agent gets containerd's socket directory (not the socket, which a
+    restarted containerd makes anew) and the RuntimeClass's handler; empty, neither."""
+    objects = manifests(helm.template(NAMESPACE, "--set", "runtimeClass.handler=lazy2"))
+    pod = _one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    env = _env(agent)
+    assert env["LAZYIMAGE_CRI_SOCKET"] == "/host/run/containerd/containerd.sock"
+    assert env["LAZYIMAGE_CRI_RUNTIME_HANDLER"] == "lazy2"
+    (mount,) = [m for m in agent["volumeMounts"] if m["name"] == "cri-socket"]
+    assert mount == {"name": "cri-socket", "mountPath": "/host/run/containerd", "readOnly": True}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cri-socket"]["hostPath"] == {"path": "/run/containerd", "type": "Directory"}
+
+    without = helm.template(NAMESPACE, "--set", "agent.criSocket=")
+    pod = _one(manifests(without), "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert "LAZYIMAGE_CRI_SOCKET" not in _env(agent)
+    assert "LAZYIMAGE_CRI_RUNTIME_HANDLER" not in _env(agent)
+    assert "cri-socket" not in {v["name"] for v in pod["volumes"]}
+
+
 def test_crds_are_the_repository_crds(helm: Helm) -> None:
     # One source of truth: the chart's crds/ is a link to the repository's crds/.
     link = CHART / "crds"

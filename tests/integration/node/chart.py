@@ -161,6 +161,7 @@ class ChartInstall:
             "operator.metricsPort": str(self.operator_ports[1]),
             "operator.statusInterval": "1",
             "agent.holderCgroup": self.holder_cgroup,
+            "agent.criSocket": str(self.node.containerd.socket),
             **self.overrides,
         }
         return [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]

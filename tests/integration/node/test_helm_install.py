@@ -1,10 +1,11 @@
 """The user's path, end to end, on a real node: ``helm install`` of the chart with the image
 built from the Dockerfile, onto the one-node cluster (kubelet 1.34, containerd 2.4 importing the
 chart's drop-in). A pod annotated for prewarm, of the RuntimeClass ``lazyimage``, runs from
-lazily mounted layers; the node's agent began its prefetch before kubelet's PullImage reached
-containerd; ``kubectl get li`` shows the node warm; a pod whose lazy loading fails still starts
-and says why; the agent comes back after its pod is deleted, after containerd restarts and
-after the chart is reinstalled; ``helm uninstall`` leaves only the CRDs (and their objects).
+lazily mounted layers; the node's agent began its prefetch, and pulled the image through
+containerd's CRI socket, before kubelet asked for it; ``kubectl get li`` shows the node warm;
+a pod whose lazy loading fails still starts and says why; the agent comes back after its pod
+is deleted, after containerd restarts and after the chart is reinstalled; ``helm uninstall``
+leaves only the CRDs (and their objects).
 
 The tests run in file order and share one release (chart.py says how the test node is met).
 """
@@ -152,7 +153,7 @@ def wait_lazy_image(install: ChartInstall, ref: str, done: Any) -> dict[str, Any
 
 
 def pull_started(node: KubeNode, ref: str) -> float:
-    """When kubelet's PullImage of ``ref`` reached containerd (its log's first such line)."""
+    """When the first PullImage of ``ref`` reached containerd (its log's first such line)."""
     needle = f'msg="PullImage \\"{ref}\\""'
     for line in node.containerd.log_path.read_text(errors="replace").splitlines():
         if needle in line:
@@ -203,7 +204,14 @@ def test_prewarmed_pod_runs_lazily_and_the_node_shows_warm(
     record_property("lazy_layer_bytes", served)
     assert served < compressed / 2
 
-    # The head start: the agent's prefetch began before kubelet's PullImage reached containerd.
+    # The head start: the agent's prefetch began before the image's first PullImage reached
+    # containerd. With the chart's agent.criSocket that first pull is the agent's own, so
+    # kubelet's check finds the image present, or its pull joins one already under way.
+    pulled = [
+        e for e in agent.log_events() if e.get("event") == "image_pulled"
+        and e.get("image") == image.ref
+    ]  # fmt: skip
+    assert pulled, agent.log()
     ordered = [
         e for e in agent.log_events() if e.get("event") == "prefetch_ordered"
         and e.get("image") == image.ref
@@ -212,9 +220,12 @@ def test_prewarmed_pod_runs_lazily_and_the_node_shows_warm(
     prefetch_began = rfc3339_seconds(ordered[0]["timestamp"])
     with node.containerd.log_path.open("rb") as log:
         log.seek(log_mark)
-        assert f'PullImage \\"{image.ref}\\"'.encode() in log.read()
+        pulls = log.read().count(f'msg="PullImage \\"{image.ref}\\""'.encode())
+    print(f"PullImage calls of the image: {pulls} (kubelet's own only if it asked first)")
+    record_property("pull_image_calls", pulls)
+    assert pulls >= 1
     head_start = pull_started(node, image.ref) - prefetch_began
-    print(f"prefetch began {head_start:.3f} s before kubelet's PullImage reached containerd")
+    print(f"prefetch began {head_start:.3f} s before the first PullImage reached containerd")
     record_property("prewarm_head_start_seconds", round(head_start, 3))
     assert head_start > 0, head_start
 
