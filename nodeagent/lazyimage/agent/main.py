@@ -10,6 +10,7 @@ holder for the next agent (``lazyimage.holder``), unless ``--no-fuse-holder``.
 
 from __future__ import annotations
 
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -216,10 +217,22 @@ class _SecretReader:
         return dockerconfigjson(secret, namespace, name)
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open fds to the hard one, as Go programs do at start: the
+    chunk cache keeps a share of it open (1024, the usual soft limit, would give it 256)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("open_files_limit_kept", soft=soft, hard=hard, error=str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; the exit code says how it ended (README, "The node agent")."""
     config = parse_config(argv)  # a bad flag or LAZYIMAGE_* variable exits here with 2
     configure_logging(config.log_level)
+    _raise_open_files_limit()
     try:
         trio.run(serve, config)
     except Exception as exc:  # the last line of defence: a message, never a bare traceback

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 from pathlib import Path
 
 import pytest
 from lazyimage.cache import ChunkCache
+from lazyimage.cache._cache import DEFAULT_OPEN_FILES, _open_files_within_limit
 from lazyimage.cache._fds import FdTable
 
 from tests.unit.cache.helpers import make_chunk
@@ -92,3 +94,26 @@ def test_fd_table_race_keeps_the_first_fd() -> None:
     table.release(first, to_close)
     table.release(first, to_close)
     assert to_close == [8, 7]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("soft", "kept"), [(1024, 256), (40, 16)])
+def test_by_default_a_quarter_of_the_fd_limit_stays_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, soft: int, kept: int
+) -> None:
+    """Enough fds for a container start's few hundred chunks to be read again without an
+    open each, within the process's limit."""
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, resource.RLIM_INFINITY))
+    rng = random.Random(3)
+    chunks = [make_chunk(100, rng) for _ in range(kept + 10)]
+    with ChunkCache(tmp_path, 1 << 20) as cache:
+        for digest, data in chunks:
+            assert cache.put(digest, data)
+            assert cache.read(digest) == data
+        assert len(_fds_under(tmp_path)) == kept
+
+
+@pytest.mark.parametrize("soft", [20000, resource.RLIM_INFINITY])
+def test_the_default_stops_at_its_cap(monkeypatch: pytest.MonkeyPatch, soft: int) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, resource.RLIM_INFINITY))
+    assert _open_files_within_limit() == DEFAULT_OPEN_FILES
