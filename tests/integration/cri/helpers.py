@@ -233,3 +233,18 @@ def docker_config(path: Path, registry: RegistryServer) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
     return path
+
+
+def push_private_estargz(
+    image: TestImage, registry: RegistryServer, tmp_path: Path, *convert_args: str
+) -> tuple[str, Path]:
+    """``image`` converted to eStargz in ``registry`` (with auth) as ``private/python:esgz``;
+    its reference and a docker config with the registry's login."""
+    config = docker_config(tmp_path / "docker" / "config.json", registry)
+    env = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
+    source = push_gzip(image, registry, "private/python", env=env)
+    ref = f"{registry.host}/private/python:esgz"
+    args = ("convert", source, ref, *convert_args, "--insecure-registry", registry.host)
+    done = lazyimage(*args, env=env)
+    assert done.code == 0, done.err
+    return ref, config

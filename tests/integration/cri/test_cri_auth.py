@@ -4,7 +4,6 @@ hands them, reads its own from ``--docker-config`` and mounts the layers lazily.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from tests.fixtures.cri import CRIError, CRINodeFactory, basic_auth
 from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
 from tests.images import PYTHON_PROBE_CODE, PYTHON_PROBE_OUTPUT
-from tests.integration.convert.cli import lazyimage
-from tests.integration.cri.helpers import docker_config, push_gzip, read_image, snapshot_results
+from tests.integration.cri.helpers import push_private_estargz, read_image, snapshot_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_TEST_TIMEOUT)]
 
@@ -28,12 +26,7 @@ def test_private_registry_pulls_lazily_with_the_agents_credentials(
     cri_node_factory: CRINodeFactory,
     tmp_path: Path,
 ) -> None:
-    config = docker_config(tmp_path / "docker" / "config.json", auth_registry)
-    env = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
-    source = push_gzip(python_image, auth_registry, "private/python", env=env)
-    ref = f"{auth_registry.host}/private/python:esgz"
-    done = lazyimage("convert", source, ref, "--insecure-registry", auth_registry.host, env=env)
-    assert done.code == 0, done.err
+    ref, config = push_private_estargz(python_image, auth_registry, tmp_path)
     image = read_image(auth_registry, ref, docker_config=config)
 
     agent = agent_factory(

@@ -7,7 +7,6 @@ get a pod's pull secret from kubelet."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,18 @@ from tests.fixtures.images import IMAGE_TEST_TIMEOUT, TestImage
 from tests.fixtures.registry import RegistryServer
 from tests.images import PYTHON_PROBE_CODE, PYTHON_PROBE_OUTPUT
 from tests.integration.convert.cli import lazyimage
-from tests.integration.cri.helpers import docker_config, push_gzip, read_image, snapshot_results
+from tests.integration.cri.helpers import (
+    push_gzip,
+    push_private_estargz,
+    read_image,
+    snapshot_results,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_TEST_TIMEOUT)]
 
 
 # The json package, which the probe imports, goes in the priority zone.
 _ZONE = ("--prioritize", "usr/lib/python3.11/json/**")
-
-
-def _private_estargz(
-    registry: RegistryServer, image: TestImage, tmp_path: Path
-) -> tuple[str, Path]:
-    config = docker_config(tmp_path / "docker" / "config.json", registry)
-    env = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
-    source = push_gzip(image, registry, "private/python", env=env)
-    ref = f"{registry.host}/private/python:esgz"
-    done = lazyimage("convert", source, ref, *_ZONE, "--insecure-registry", registry.host, env=env)
-    assert done.code == 0, done.err
-    return ref, config
 
 
 def test_a_prewarmed_image_is_present_and_starts_without_a_pull(
@@ -48,7 +40,7 @@ def test_a_prewarmed_image_is_present_and_starts_without_a_pull(
     cri_node_factory: CRINodeFactory,
     tmp_path: Path,
 ) -> None:
-    ref, config = _private_estargz(auth_registry, python_image, tmp_path)
+    ref, config = push_private_estargz(python_image, auth_registry, tmp_path, *_ZONE)
     image = read_image(auth_registry, ref, docker_config=config)
     agent = agent_factory(
         [auth_registry.host],
