@@ -26,6 +26,8 @@ __all__ = ["CriError", "CriImageService", "PullAuth"]
 _PULL_TIMEOUT = 900.0
 _STATUS_TIMEOUT = 30.0
 
+_HANDLER_ANNOTATION = "io.containerd.cri.runtime-handler"
+
 _T = TypeVar("_T")
 
 
@@ -70,6 +72,7 @@ class CriImageService:
         request = cri.PullImageRequest(
             image=self._spec(image),
             auth=None if auth is None else cri.AuthConfig(**vars(auth)),
+            sandbox_config=self._sandbox(),
         )
         answer = self._call("PullImage", image, self._images.PullImage, request, _PULL_TIMEOUT)
         return answer.image_ref
@@ -84,6 +87,14 @@ class CriImageService:
 
     def _spec(self, image: str) -> cri.ImageSpec:
         return cri.ImageSpec(image=image, runtime_handler=self.runtime_handler)
+
+    def _sandbox(self) -> cri.PodSandboxConfig | None:
+        # containerd 2.2 and later take the handler from the image spec, but only with a
+        # sandbox config present (kubelet always sends one); 2.0 and 2.1 read it from the
+        # sandbox's annotation instead, which the later ones ignore when the field is set.
+        if not self.runtime_handler:
+            return None
+        return cri.PodSandboxConfig(annotations={_HANDLER_ANNOTATION: self.runtime_handler})
 
     def _call(
         self, verb: str, image: str, rpc: Callable[..., _T], request: object, timeout: float
