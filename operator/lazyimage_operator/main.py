@@ -55,12 +55,12 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
             "folds the agents' reports into the LazyImages' status."
         ),
     )
-    kubeconfig = env.text("KUBECONFIG")
     parser.add_argument(
         "--kubeconfig",
         type=Path,
-        default=Path(kubeconfig) if kubeconfig else None,
-        help="kubeconfig file (default: $KUBECONFIG, else the in-cluster service account)",
+        default=None,
+        help="kubeconfig file (default: the files of $KUBECONFIG, merged as kubectl merges "
+        "them, else the in-cluster service account, else ~/.kube/config)",
     )
     parser.add_argument(
         "--order-refresh",
