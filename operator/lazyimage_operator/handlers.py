@@ -55,12 +55,13 @@ def operator_settings() -> kopf.OperatorSettings:
 
 
 class OperatorKube:
-    """The operator's one KubeConfig, loaded once: its own client and kopf's login both use
-    it, so that kopf and the client reach the same server as the same identity."""
+    """The operator's one KubeConfig, loaded once (``loaded``, or on first use): its own
+    client and kopf's login both use it, so that kopf and the client reach the same server
+    as the same identity."""
 
-    def __init__(self, kubeconfig: Path | None) -> None:
+    def __init__(self, kubeconfig: Path | None, loaded: KubeConfig | None = None) -> None:
         self._kubeconfig = kubeconfig
-        self._config: KubeConfig | None = None
+        self._config = loaded
         self._given: str | None = None  # the Authorization kopf was last given
         self._logins = 0
 
@@ -97,21 +98,24 @@ def connection_info(config: KubeConfig, authorization: str | None) -> kopf.Conne
     )
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorConfig, kube: KubeConfig | None = None
+) -> None:
     """Register the handlers on ``registry``, bound to ``config``. Each has an explicit id:
-    an index is passed to handlers under its id, and ids name kopf's state on objects."""
+    an index is passed to handlers under its id, and ids name kopf's state on objects.
+    ``kube`` is ``config.kubeconfig`` already loaded, if it was."""
     nodes = NodeBook()
-    kube = OperatorKube(config.kubeconfig)
+    operator_kube = OperatorKube(config.kubeconfig, kube)
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await kube.login()
+        return await operator_kube.login()
 
     @kopf.on.startup(id="connect", registry=registry)
     async def connect(memo: kopf.Memo, **_: Any) -> None:
         if config.metrics:
             metrics.serve_metrics(config.metrics)
-        client = KubeClient(await kube.config())
+        client = KubeClient(await operator_kube.config())
         await client.__aenter__()
         writer = ClusterWriter(
             client, nodes, refresh=config.order_refresh, limit=config.orders_per_node

@@ -92,7 +92,7 @@ class KubeconfigFiles(ConfigSource):
 
         for path in self.paths:
             if not path.is_file():
-                raise KubeConfigError(f"cannot read kubeconfig {path}: no such file")
+                raise KubeConfigError(f"kubeconfig {path}: no such file")
         context = self.context
         if context is None and len(self.paths) > 1:
             # The kubernetes package lets the last file's current-context win; kubectl, the
