@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Loaded before kopf starts, so that a kubeconfig that cannot be loaded stops the
         # operator with one line and exit code 7, rather than a startup handler retrying.
         kube = KubeConfig.load(config.kubeconfig)
+        logger.info("API server %s, credentials from %s", kube.server, kube.source)
         registry = kopf.OperatorRegistry()
         register(registry, config, kube)
         kopf.run(
