@@ -93,23 +93,27 @@ class Credentials:
         """Blocking: run the configuration's refresh hook if due (in a worker thread)."""
         with self._lock:
             if self._due():
-                if self._source is not None:
-                    self._source.refresh(self._configuration)
+                try:
+                    if self._source is not None:
+                        self._source.refresh(self._configuration)
+                finally:
+                    self._checked = self._clock()  # a failed refresh waits its turn too
                 self._header = authorization_of(self._configuration)
-                self._checked = self._clock()
             return self._header
 
     def renew_now(self, refused: str | None) -> str | None:
         """Blocking: load the configuration again from its source (in a worker thread)."""
         with self._lock:
-            now = self._clock()
             stale = self._header == refused
-            if self._source is None or not stale or now - self._renewed < RENEW_AT_MOST_EVERY:
+            recent = self._clock() - self._renewed < RENEW_AT_MOST_EVERY
+            if self._source is None or not stale or recent:
                 return self._header
-            self._renewed = now
-            self._configuration = self._source.load()
+            try:
+                self._configuration = self._source.load()
+            finally:
+                self._renewed = self._clock()  # a failed renewal counts too
             self._header = authorization_of(self._configuration)
-            self._checked = self._clock()
+            self._checked = self._renewed
             return self._header
 
 
