@@ -1,6 +1,7 @@
 """Credentials as the kubernetes package loads them, against a real kube-apiserver: an exec
 credential plugin's token, run again after the server refuses one (for a request and for a
-watch); kubeconfig files merged from $KUBECONFIG; and the operator, whose kopf login and own
+watch); a pod's rotated service account token read again after a 401; kubeconfig files
+merged from $KUBECONFIG; and the operator, whose kopf login and own
 client share one source, started with an exec plugin whose first token is refused, and
 stopped at once by credentials it cannot load."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from lazyimage.kube import KubeClient, KubeConfig, ResourcePath
+from lazyimage.kube._source import InCluster
 
 from tests.fixtures.kube import KubeCluster
 from tests.fixtures.kube_exec import ExecPlugin, kubeconfig_doc
@@ -70,6 +74,19 @@ async def _whoami(client: KubeClient) -> str:
     )
     name: str = review["status"]["userInfo"]["username"]
     return name
+
+
+def _refused(cluster: KubeCluster, token: str) -> bool:
+    """Whether the API server now answers ``token`` with 401."""
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    verify = ssl.create_default_context(cafile=str(cluster.ca_file))
+    with httpx.Client(verify=verify, trust_env=False, timeout=10) as http:
+        answer = http.post(
+            f"{cluster.server}{REVIEWS.collection()}",
+            json=review,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return answer.status_code == 401
 
 
 def _poll(what: str, probe: Callable[[], bool], timeout: float) -> None:
@@ -130,6 +147,37 @@ async def test_a_refused_token_runs_the_plugin_again_for_requests_and_watches(
             assert plugin.runs == 2
             assert await _whoami(client) == user
     assert plugin.runs == 2  # the new token is kept while the server takes it
+
+
+async def test_in_cluster_token_file_read_again_after_a_401(
+    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    """A pod's service account, as kubelet mounts it: the token file rotates; a token the
+    server no longer takes (its ServiceAccount deleted) sends the client to read it again."""
+    old = _service_account_token(kube_cluster, kube_namespace, "old")
+    new = _service_account_token(kube_cluster, kube_namespace, "new")
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "ca.crt").write_bytes(kube_cluster.ca_file.read_bytes())
+    (mounted / "token").write_text(old)
+    environ = {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(kube_cluster.port),
+    }
+    config = KubeConfig.from_source(InCluster(environ, mounted))
+    assert config.server == kube_cluster.server
+    with anyio.fail_after(TIMEOUT):
+        async with KubeClient(config) as client:
+            assert await _whoami(client) == f"system:serviceaccount:{kube_namespace}:old"
+            (mounted / "token").write_text(new)
+            kube_cluster.kubectl("delete", "serviceaccount", "old", "-n", kube_namespace)
+            await anyio.to_thread.run_sync(
+                _poll,
+                "the deleted ServiceAccount's token to be refused",
+                lambda: _refused(kube_cluster, old),
+                PROPAGATION_TIMEOUT,
+            )
+            assert await _whoami(client) == f"system:serviceaccount:{kube_namespace}:new"
 
 
 async def test_kubeconfig_files_merged_from_the_environment(
