@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -30,7 +31,7 @@ from lazyimage_operator.statusloop import LazyImageView, StatusLoop, release_fin
 from lazyimage_operator.supervisor import Supervisor
 from lazyimage_operator.writer import ClusterWriter
 
-__all__ = ["connection_info", "operator_settings", "register"]
+__all__ = ["OperatorKube", "connection_info", "operator_settings", "register"]
 
 _GROUP, _VERSION = names.API_GROUP, names.API_VERSION
 
@@ -53,36 +54,68 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
-    """kopf's credentials, from the same config as the operator's own client. kopf calls this
-    again on a 401, which picks up a rotated service-account token."""
-    token = config.token
-    if config.token_file is not None:
-        token = config.token_file.read_text().strip()
+class OperatorKube:
+    """The operator's one KubeConfig, loaded once (``loaded``, or on first use): its own
+    client and kopf's login both use it, so that kopf and the client reach the same server
+    as the same identity."""
+
+    def __init__(self, kubeconfig: Path | None, loaded: KubeConfig | None = None) -> None:
+        self._kubeconfig = kubeconfig
+        self._config = loaded
+        self._given: str | None = None  # the Authorization kopf was last given
+        self._logins = 0
+
+    async def config(self) -> KubeConfig:
+        if self._config is None:
+            self._config = await KubeConfig.load_async(self._kubeconfig)
+        return self._config
+
+    async def login(self) -> kopf.ConnectionInfo:
+        """kopf's credentials. kopf logs in again only after a 401: the header it had is
+        then renewed from its source (an exec plugin runs again, a token file is re-read),
+        unless the operator's own client has renewed it already."""
+        config = await self.config()
+        if self._logins:
+            header = await config.credentials.renew(self._given)
+        else:
+            header = await config.credentials.current()
+        self._logins += 1
+        self._given = header
+        return connection_info(config, header)
+
+
+def connection_info(config: KubeConfig, authorization: str | None) -> kopf.ConnectionInfo:
+    """kopf's form of ``config`` with the Authorization header ``authorization``."""
+    scheme, _, token = authorization.partition(" ") if authorization else ("", "", "")
     return kopf.ConnectionInfo(
         server=config.server,
-        ca_data=config.ca_data,
-        insecure=config.insecure_skip_tls_verify,
-        token=token,
-        certificate_data=config.client_cert_data,
-        private_key_data=config.client_key_data,
+        ca_path=config.ca_file,
+        insecure=not config.verify,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.client_cert_file,
+        private_key_path=config.client_key_file,
     )
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorConfig, kube: KubeConfig | None = None
+) -> None:
     """Register the handlers on ``registry``, bound to ``config``. Each has an explicit id:
-    an index is passed to handlers under its id, and ids name kopf's state on objects."""
+    an index is passed to handlers under its id, and ids name kopf's state on objects.
+    ``kube`` is ``config.kubeconfig`` already loaded, if it was."""
     nodes = NodeBook()
+    operator_kube = OperatorKube(config.kubeconfig, kube)
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(KubeConfig.load(config.kubeconfig))
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await operator_kube.login()
 
     @kopf.on.startup(id="connect", registry=registry)
     async def connect(memo: kopf.Memo, **_: Any) -> None:
         if config.metrics:
             metrics.serve_metrics(config.metrics)
-        client = KubeClient(KubeConfig.load(config.kubeconfig))
+        client = KubeClient(await operator_kube.config())
         await client.__aenter__()
         writer = ClusterWriter(
             client, nodes, refresh=config.order_refresh, limit=config.orders_per_node

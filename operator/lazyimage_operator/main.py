@@ -13,6 +13,7 @@ from pathlib import Path
 
 import kopf
 from lazyimage import envflags, exitcodes, names
+from lazyimage.kube import KubeConfig
 
 from lazyimage_operator.config import OperatorConfig
 from lazyimage_operator.handlers import operator_settings, register
@@ -55,12 +56,12 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
             "folds the agents' reports into the LazyImages' status."
         ),
     )
-    kubeconfig = env.text("KUBECONFIG")
     parser.add_argument(
         "--kubeconfig",
         type=Path,
-        default=Path(kubeconfig) if kubeconfig else None,
-        help="kubeconfig file (default: $KUBECONFIG, else the in-cluster service account)",
+        default=None,
+        help="kubeconfig file (default: the files of $KUBECONFIG, merged as kubectl merges "
+        "them, else the in-cluster service account, else ~/.kube/config)",
     )
     parser.add_argument(
         "--order-refresh",
@@ -156,9 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # per interval. Failures still show at WARNING and above.
         for name in ("kopf.objects", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    registry = kopf.OperatorRegistry()
-    register(registry, config)
     try:
+        # Loaded before kopf starts, so that a kubeconfig that cannot be loaded stops the
+        # operator with one line and exit code 7, rather than a startup handler retrying.
+        kube = KubeConfig.load(config.kubeconfig)
+        logger.info("API server %s, credentials from %s", kube.server, kube.source)
+        registry = kopf.OperatorRegistry()
+        register(registry, config, kube)
         kopf.run(
             registry=registry,
             settings=operator_settings(),

@@ -156,7 +156,7 @@ async def follow_orders(
     and it starts again after a pause. A bad kubeconfig still stops the agent at start.
     """
     assert config.node_name is not None
-    kube_config = KubeConfig.load(config.kubeconfig)
+    kube_config = await KubeConfig.load_async(config.kubeconfig)
     secret_reader = _SecretReader()
     secrets = PullSecrets(client.credentials, secret_reader.load)
     prewarmer = ImagePrewarmer(manager, client, secrets, images)

@@ -17,7 +17,7 @@ import anyio
 import httpx
 
 from lazyimage import __version__
-from lazyimage.kube._auth import BearerAuth
+from lazyimage.kube._auth import KubeAuth
 from lazyimage.kube._config import KubeConfig
 from lazyimage.kube._errors import KubeError, response_error, transport_error
 from lazyimage.kube._resource import ResourcePath
@@ -71,14 +71,13 @@ class KubeClient:
         connections = max_requests + _WATCH_CONNECTIONS
         self._timeout = timeout
         self._backoff = Backoff(*backoff)
-        auth = (
-            BearerAuth(config.token, config.token_file)
-            if config.token is not None or config.token_file is not None
-            else None
+        # kubeconfig's tls-server-name: the name to send in SNI and to check the cert against.
+        self._extensions = (
+            {"sni_hostname": config.tls_server_name} if config.tls_server_name else None
         )
         self._http = httpx.AsyncClient(
             base_url=config.server,
-            auth=auth,
+            auth=KubeAuth(config.credentials),
             verify=ssl_context(config) if config.server.startswith("https://") else True,
             timeout=httpx.Timeout(timeout),
             headers={"Accept": _JSON, "User-Agent": f"lazyimage/{__version__}"},
@@ -186,7 +185,9 @@ class KubeClient:
         where = path.collection()
         timeout = httpx.Timeout(self._timeout, read=timeout_seconds + _WATCH_READ_MARGIN)
         try:
-            async with self._http.stream("GET", where, params=params, timeout=timeout) as resp:
+            async with self._http.stream(
+                "GET", where, params=params, timeout=timeout, extensions=self._extensions
+            ) as resp:
                 if resp.status_code != 200:
                     raise response_error("WATCH", where, resp.status_code, await _head(resp))
                 async with aclosing(read_events(resp.aiter_lines(), "WATCH", where)) as events:
@@ -228,7 +229,12 @@ class KubeClient:
         try:
             async with self._requests:
                 resp = await self._http.request(
-                    verb, where, params=params, content=content, headers=headers
+                    verb,
+                    where,
+                    params=params,
+                    content=content,
+                    headers=headers,
+                    extensions=self._extensions,
                 )
         except httpx.HTTPError as exc:
             raise transport_error(verb, where, exc) from exc

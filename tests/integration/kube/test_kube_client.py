@@ -193,7 +193,8 @@ async def test_service_account_token_and_rbac_errors(
 ) -> None:
     kubeconfig = kube_cluster.service_account_kubeconfig(kube_namespace, "agent")
     config = KubeConfig.from_kubeconfig(kubeconfig)
-    assert config.token and config.client_cert_data is None
+    token = config.credentials.header
+    assert token and config.client_cert_file is None
     path = _configmaps(kube_namespace)
     with anyio.fail_after(TIMEOUT):
         async with KubeClient(config) as client:
@@ -203,7 +204,7 @@ async def test_service_account_token_and_rbac_errors(
     message = str(caught.value)
     assert message.startswith(f"GET {path.collection()}: 403 Forbidden: ")
     assert f"system:serviceaccount:{kube_namespace}:agent" in message
-    assert config.token not in message
+    assert token.removeprefix("Bearer ") not in message
 
 
 async def test_lazyimagenode_orders_and_status(

@@ -23,6 +23,8 @@ from lazyimage.kube import (
 )
 from lazyimage.kube._watch import Backoff, parse_event
 
+from tests.fixtures.kube_exec import kubeconfig_doc
+
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.timeout(30),
@@ -127,7 +129,7 @@ class ScriptedApiserver:
 
 def _client(server: ScriptedApiserver) -> KubeClient:
     return KubeClient(
-        KubeConfig("https://kube.test:6443", token=TOKEN),
+        KubeConfig.from_dict(kubeconfig_doc("https://kube.test:6443", {"token": TOKEN})),
         transport=httpx.MockTransport(server),
         backoff=(0.001, 0.004),
     )

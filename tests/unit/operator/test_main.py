@@ -24,7 +24,10 @@ def test_variables_set_every_value() -> None:
             "LAZYIMAGE_LAZY_RUNTIME_CLASSES": "lazyimage, gpu-lazy,",
         },
     )
-    assert config.kubeconfig == Path("/etc/kube/config")
+    # $KUBECONFIG is read where the configuration loads, which merges all its files.
+    assert config.kubeconfig is None
+    flagged, _ = parse_config(["--kubeconfig", "/etc/kube/config"], {})
+    assert flagged.kubeconfig == Path("/etc/kube/config")
     assert config.order_refresh == timedelta(seconds=60)
     assert config.orders_per_node == 256
     assert config.status_interval == 0.5
