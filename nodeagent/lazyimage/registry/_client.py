@@ -3,8 +3,9 @@
 Each public method is one operation. An operation runs attempts under a RetryPolicy; an
 attempt sends requests through ``_open`` (auth, manual redirects) and turns statuses into
 errors with ``_raise_for_status``. Pull operations try the registry's mirrors first, once
-each, then the registry itself. Only anyio and httpx are used, so the client runs under
-asyncio and trio alike.
+each, then its server (the registry itself unless its hosts.toml names another); pushes go to
+the first host that may push. Only anyio and httpx are used, so the client runs under asyncio
+and trio alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -31,6 +32,7 @@ from lazyimage.errors import (
     PlainHTTPError,
     RangeNotSupportedError,
     RegistryError,
+    TLSError,
     UnavailableError,
     VerificationError,
 )
@@ -50,6 +52,8 @@ from lazyimage.oci import (
 )
 from lazyimage.registry._auth import RegistryAuth, ReplayRequired
 from lazyimage.registry._credentials import CredentialStore
+from lazyimage.registry._hostsdir import LoadedHost, LoadedHosts, RegistryHosts
+from lazyimage.registry._hostsfile import ALL_CAPABILITIES, Capability
 from lazyimage.registry._http import error_detail, media_type_of, parse_content_range
 from lazyimage.registry._keychain import Keychain
 from lazyimage.registry._reference import Reference, connect_host
@@ -73,6 +77,9 @@ _LOCATION_CACHE_SIZE = 4096
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 _IDENTITY = {"Accept-Encoding": "identity"}
 _PLAIN_HTTP_PROBE_TIMEOUT = 5.0
+_MIRROR_CAPABILITIES = Capability.PULL | Capability.RESOLVE
+# What Go's TLS servers (docker-registry among them) answer a plain-http request with.
+_GO_TLS_PORT_ANSWER = b"Client sent an HTTP request to an HTTPS server"
 
 
 @dataclass(frozen=True)
@@ -98,15 +105,34 @@ class ResolvedImage:
 
 @dataclass(frozen=True)
 class _Endpoint:
-    """A host that serves a registry's API: the registry itself or one of its mirrors."""
+    """A host that serves a registry's API: the registry itself, one of its mirrors, or the
+    server its hosts.toml names."""
 
     base: httpx.URL
-    # The upstream registry name, sent to mirrors as ``?ns=`` (what containerd does).
+    # The upstream registry name, sent to other hosts as ``?ns=`` (what containerd does).
     mirror_of: str | None = None
+    root: str = "/v2"  # the API root path
+    capabilities: Capability = ALL_CAPABILITIES
+    headers: tuple[tuple[str, str], ...] = ()
+    # The client with this host's TLS settings and connect timeout; None: the shared one.
+    http: httpx.AsyncClient | None = field(default=None, compare=False)
 
     @property
     def host(self) -> str:
         return self.base.netloc.decode("ascii")
+
+
+@dataclass(frozen=True)
+class _Route:
+    """The hosts of one registry, in the order they are tried, and where they came from."""
+
+    endpoints: tuple[_Endpoint, ...]
+    loaded: LoadedHosts | None
+    checked: float  # when the hosts' files were last looked at (the event loop's clock)
+
+    @property
+    def source(self) -> str:
+        return f" (hosts from {self.loaded.source})" if self.loaded is not None else ""
 
 
 @dataclass(frozen=True)
@@ -157,20 +183,52 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
-def _tls_handshake_failure(exc: BaseException) -> bool:
-    """Whether an ssl.SSLError, other than an untrusted certificate, lies behind ``exc``.
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError behind ``exc``, if any.
 
     httpx raises ConnectError from httpcore's, which comes from the SSLError itself (asyncio)
     or from trio's BrokenResourceError around it.
     """
     seen: BaseException | None = exc
     for _ in range(8):  # the chain is short; the bound guards against a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError):
-            return not isinstance(seen, ssl.SSLCertVerificationError)
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+# The alerts a server sends when it wants a client certificate it did not get (or trust).
+_CLIENT_CERTIFICATE_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+)
+
+
+def _certificate_refusal(endpoint: _Endpoint, exc: BaseException) -> str | None:
+    """Why the TLS handshake failed on a certificate, either way, or None if it did not."""
+    cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = cause.verify_message or cause.reason or str(cause)
+        return (
+            f"the TLS certificate of {endpoint.host} is not trusted ({reason}); name its CA "
+            f"with `ca` in the registry's hosts.toml (--registry-config)"
+        )
+    reason = (cause.reason or "") if cause is not None else ""
+    if any(alert in reason for alert in _CLIENT_CERTIFICATE_ALERTS):
+        return (
+            f"{endpoint.host} refused the TLS handshake for want of a client certificate it "
+            f"trusts ({reason}); give one with `client` in the registry's hosts.toml "
+            f"(--registry-config)"
+        )
+    return None
+
+
+def _tls_handshake_failure(exc: BaseException) -> bool:
+    """Whether an ssl.SSLError, other than an untrusted certificate, lies behind ``exc``."""
+    cause = _ssl_cause(exc)
+    return cause is not None and not isinstance(cause, ssl.SSLCertVerificationError)
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -235,9 +293,12 @@ class RegistryClient:
 
     ``insecure_registries`` lists ``host:port`` values spoken to over plain http.
     ``mirrors`` maps a registry name (``docker.io``, ``host:port``) to mirror hosts or URLs,
-    tried in order before the registry for pulls. ``timeout`` bounds each connect, read and
-    write; ``retry`` bounds the attempts of an operation in count and time. ``transport``
-    replaces the network (``httpx.MockTransport`` in tests).
+    tried in order before the registry for pulls. ``hosts`` reads each registry's hosts from
+    containerd's configuration directory (``/etc/containerd/certs.d``): mirrors with their
+    capabilities, the server, CAs, client certificates, headers; they come after ``mirrors``.
+    ``timeout`` bounds each connect, read and write; ``retry`` bounds the attempts of an
+    operation in count and time. ``transport`` replaces the network (``httpx.MockTransport``
+    in tests; the hosts' TLS settings then have no effect).
 
     Credentials come from ``credentials`` (a CredentialStore: the node's credentials plus
     sources granted per repository), or from ``keychain`` alone. When the registry refuses
@@ -254,6 +315,7 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         mirrors: Mapping[str, Sequence[str]] | None = None,
+        hosts: RegistryHosts | None = None,
         max_connections: int = 64,
         user_agent: str = f"lazyimage/{__version__}",
         transport: httpx.AsyncBaseTransport | None = None,
@@ -264,19 +326,31 @@ class RegistryClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self._insecure = frozenset(insecure_registries)
         self._mirrors = {name: tuple(hosts) for name, hosts in (mirrors or {}).items()}
+        self._hosts = hosts
         self._auth = RegistryAuth(self.credentials)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            # Digests are over the bytes as stored: never let a server re-encode them.
-            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
-            follow_redirects=False,
-            transport=transport,
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
         )
+        # Digests are over the bytes as stored: never let a server re-encode them.
+        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        self._transport = transport
+        self._http = self._new_http(httpx.Timeout(timeout), True)
+        # One client per TLS setting and connect timeout that a host's hosts.toml asks for.
+        # Those of settings since replaced are kept until aclose: requests may still use them.
+        self._host_http: dict[tuple[ssl.SSLContext | None, float | None], httpx.AsyncClient] = {}
+        self._routes: dict[str, _Route] = {}
         # Where a blob was redirected to, so range reads go straight to object storage.
         self._locations: OrderedDict[tuple[str, str, str], httpx.URL] = OrderedDict()
+
+    def _new_http(self, timeout: httpx.Timeout, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=timeout,
+            limits=self._limits,
+            headers=self._headers,
+            follow_redirects=False,
+            verify=verify,
+            transport=self._transport,
+        )
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -285,7 +359,8 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in (self._http, *self._host_http.values()):
+            await client.aclose()
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -304,7 +379,9 @@ class RegistryClient:
                     raise op.error(RegistryError, f"larger than {MAX_MANIFEST_SIZE} bytes")
                 return data, resp.headers
 
-        data, headers = await self._pull(ref, op, attempt, bounded=True)
+        # A tag is resolved only by hosts trusted to; content named by digest is checked.
+        need = Capability.PULL if ref.digest else Capability.RESOLVE
+        data, headers = await self._pull(ref, op, attempt, bounded=True, need=need)
         digest = sha256_digest(data)
         if ref.digest and digest != ref.digest:
             raise op.mismatch(f"content has digest {digest}, expected {ref.digest}")
@@ -395,7 +472,7 @@ class RegistryClient:
                 if claimed.startswith("sha256:") and claimed != digest:
                     raise op.mismatch(f"registry stored digest {claimed}, sent {digest}")
 
-        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=True)
+        await self._push(ref, op, attempt, bounded=True)
         return digest
 
     # -- blobs -------------------------------------------------------------------------------
@@ -498,11 +575,13 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest}, range {offset}-{last}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
         headers = {**_IDENTITY, "Range": f"bytes={offset}-{last}"}
-        timeout = self._stall_timeout(stall_timeout)
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
 
         async def attempt(endpoint: _Endpoint) -> bytes:
             if on_attempt is not None:
                 on_attempt()
+            timeout = self._stall_timeout(stall_timeout, endpoint)
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:
@@ -531,17 +610,17 @@ class RegistryClient:
 
         return await self._pull(ref, op, attempt, bounded=True, on_retry=on_retry)
 
-    def _stall_timeout(self, stall_timeout: float | None) -> httpx.Timeout | None:
-        """The client's timeouts with connect, read and write cut to ``stall_timeout``.
+    def _stall_timeout(
+        self, stall_timeout: float | None, endpoint: _Endpoint
+    ) -> httpx.Timeout | None:
+        """The endpoint's timeouts with connect, read and write cut to ``stall_timeout``.
 
         httpx applies the read timeout to each socket read, headers included, so it fires
         when no byte has arrived for that long, however long the whole body takes.
         """
         if stall_timeout is None:
             return None
-        if stall_timeout <= 0:
-            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
-        base = self._http.timeout
+        base = (endpoint.http or self._http).timeout
 
         def cut(value: float | None) -> float:
             return stall_timeout if value is None else min(value, stall_timeout)
@@ -636,9 +715,9 @@ class RegistryClient:
 
     async def has_blob(self, ref: Reference, digest: str) -> bool:
         """Whether the registry (or a mirror) serves the blob."""
-        return await self._has_blob(ref, digest, upstream_only=False)
+        return await self._has_blob(ref, digest, for_push=False)
 
-    async def _has_blob(self, ref: Reference, digest: str, *, upstream_only: bool) -> bool:
+    async def _has_blob(self, ref: Reference, digest: str, *, for_push: bool) -> bool:
         op = _blob_op(ref, digest, f"blob {digest} existence")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
@@ -650,9 +729,8 @@ class RegistryClient:
                     return False
                 await self._raise_for_status(op, endpoint, resp)
 
-        if upstream_only:
-            upstream = self._upstream(ref.registry)
-            return await self._retrying(op, upstream, attempt, self.retry, bounded=True)
+        if for_push:  # asked of the host the blob would be pushed to
+            return await self._push(ref, op, attempt, bounded=True)
         return await self._pull(ref, op, attempt, bounded=True)
 
     async def push_blob(self, ref: Reference, source: bytes | Path, digest: str, size: int) -> None:
@@ -665,7 +743,7 @@ class RegistryClient:
             actual_size = (await anyio.Path(source).stat()).st_size
             if actual_size != size:
                 raise op.mismatch(f"{source} has {actual_size} bytes, expected {size}")
-        if await self._has_blob(ref, digest, upstream_only=True):
+        if await self._has_blob(ref, digest, for_push=True):
             return
         start_path = f"/v2/{ref.repository}/blobs/uploads/"
 
@@ -696,7 +774,7 @@ class RegistryClient:
                 finally:
                     await stream.aclose()
 
-        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=False)
+        await self._push(ref, op, attempt, bounded=False)
 
     async def _check_upload(self, op: _Op, endpoint: _Endpoint, resp: httpx.Response) -> None:
         if resp.status_code in (201, 204):
@@ -711,22 +789,90 @@ class RegistryClient:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _endpoint(self, location: str, mirror_of: str | None = None) -> _Endpoint:
+        """A host given to the client as ``mirrors``: it may pull and resolve tags."""
         if "://" in location:
             url = httpx.URL(location)
-            return _Endpoint(httpx.URL(scheme=url.scheme, host=url.host, port=url.port), mirror_of)
-        scheme = "http" if location in self._insecure else "https"
-        return _Endpoint(httpx.URL(f"{scheme}://{location}"), mirror_of)
+            base = httpx.URL(scheme=url.scheme, host=url.host, port=url.port)
+        else:
+            base = httpx.URL(f"{'http' if location in self._insecure else 'https'}://{location}")
+        return _Endpoint(base, mirror_of, capabilities=_MIRROR_CAPABILITIES)
 
-    def _upstream(self, registry: str) -> _Endpoint:
+    def _registry_base(self, registry: str) -> httpx.URL:
         host = connect_host(registry)
         insecure = registry in self._insecure or host in self._insecure
-        return _Endpoint(httpx.URL(f"{'http' if insecure else 'https'}://{host}"))
+        return httpx.URL(f"{'http' if insecure else 'https'}://{host}")
+
+    def _configured(self, registry: str, loaded: LoadedHost) -> _Endpoint:
+        """A host from the registry's hosts.toml (or certificate files)."""
+        host = loaded.host
+        if host.url is None:
+            base, root, mirror_of = self._registry_base(registry), "/v2", None
+        else:
+            netloc = host.url.netloc
+            scheme = host.url.scheme or ("http" if netloc in self._insecure else "https")
+            base, root = httpx.URL(f"{scheme}://{netloc}"), host.url.root
+            # Another host than the registry's own is told which registry is meant.
+            mirror_of = None if netloc == connect_host(registry) else registry
+        context = loaded.ssl_context if base.scheme == "https" else None
+        return _Endpoint(
+            base,
+            mirror_of,
+            root,
+            host.capabilities,
+            host.headers,
+            self._host_client(context, host.dial_timeout),
+        )
+
+    def _host_client(
+        self, context: ssl.SSLContext | None, dial_timeout: float | None
+    ) -> httpx.AsyncClient | None:
+        if (context is None and dial_timeout is None) or self._transport is not None:
+            return None
+        key = (context, dial_timeout)
+        client = self._host_http.get(key)
+        if client is None:
+            timeout = self._http.timeout
+            if dial_timeout is not None:
+                timeout = httpx.Timeout(
+                    connect=dial_timeout, read=timeout.read, write=timeout.write, pool=timeout.pool
+                )
+            client = self._host_http[key] = self._new_http(
+                timeout, context if context is not None else True
+            )
+        return client
+
+    async def _route(self, registry: str) -> _Route:
+        """The registry's hosts; their files are looked at again every few seconds."""
+        route = self._routes.get(registry)
+        now = anyio.current_time()
+        if route is not None and (self._hosts is None or now - route.checked < self._hosts.recheck):
+            return route
+        loaded = None
+        if self._hosts is not None:
+            loaded = await anyio.to_thread.run_sync(self._hosts.lookup, registry)
+        if route is not None and route.loaded is loaded:
+            route = replace(route, checked=now)
+        else:
+            mirrors = [self._endpoint(m, registry) for m in self._mirrors.get(registry, ())]
+            if loaded is None:
+                hosts = [_Endpoint(self._registry_base(registry))]
+            else:
+                hosts = [self._configured(registry, host) for host in loaded.hosts]
+            route = _Route((*mirrors, *hosts), loaded, now)
+        self._routes[registry] = route
+        return route
 
     def _url(self, endpoint: _Endpoint, path: str) -> httpx.URL:
-        url = endpoint.base.copy_with(path=path)
+        # Paths are written from the standard API root, /v2; a host may have another.
+        url = endpoint.base.copy_with(path=endpoint.root + path.removeprefix("/v2"))
         if endpoint.mirror_of:
             url = url.copy_merge_params({"ns": endpoint.mirror_of})
         return url
+
+    @staticmethod
+    def _op_at(op: _Op, endpoint: _Endpoint) -> _Op:
+        """``op`` as done on ``endpoint``: another host than the registry is named in errors."""
+        return op if endpoint.mirror_of is None else _Op(endpoint.host, op.repository, op.what)
 
     async def _pull(
         self,
@@ -735,25 +881,50 @@ class RegistryClient:
         attempt: Callable[[_Endpoint], Awaitable[T]],
         *,
         bounded: bool,
+        need: Capability = Capability.PULL,
         on_retry: Callable[[str], None] | None = None,
     ) -> T:
-        """Run a read-only operation on each mirror once, then on the registry with retries."""
-        for mirror in self._mirrors.get(ref.registry, ()):
-            endpoint = self._endpoint(mirror, mirror_of=ref.registry)
-            mirror_op = _Op(endpoint.host, ref.repository, op.what)
-            once = RetryPolicy(attempts=1, total_timeout=self.retry.total_timeout)
+        """Run a read-only operation on each host that may do it, in order: once on each but
+        the last (the mirrors), then on the last with retries."""
+        route = await self._route(ref.registry)
+        endpoints = [endpoint for endpoint in route.endpoints if need in endpoint.capabilities]
+        if not endpoints:
+            what = (need.name or "").lower()
+            raise op.error(RegistryError, f"no host of the registry may {what}{route.source}")
+        *mirrors, last = endpoints
+        once = RetryPolicy(attempts=1, total_timeout=self.retry.total_timeout)
+        for endpoint in mirrors:
             try:
-                return await self._retrying(mirror_op, endpoint, attempt, once, bounded=bounded)
+                return await self._retrying(
+                    self._op_at(op, endpoint), endpoint, attempt, once, bounded=bounded
+                )
             except RegistryError as exc:
                 log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
         return await self._retrying(
-            op,
-            self._upstream(ref.registry),
+            self._op_at(op, last),
+            last,
             attempt,
             self.retry,
             bounded=bounded,
             on_retry=on_retry,
         )
+
+    async def _push(
+        self,
+        ref: Reference,
+        op: _Op,
+        attempt: Callable[[_Endpoint], Awaitable[T]],
+        *,
+        bounded: bool,
+    ) -> T:
+        """Run a write (or the check before one) on the first host that may push."""
+        route = await self._route(ref.registry)
+        for endpoint in route.endpoints:
+            if Capability.PUSH in endpoint.capabilities:
+                return await self._retrying(
+                    self._op_at(op, endpoint), endpoint, attempt, self.retry, bounded=bounded
+                )
+        raise op.error(RegistryError, f"no host of the registry may push{route.source}")
 
     async def _retrying(
         self,
@@ -796,6 +967,9 @@ class RegistryClient:
                 except _Retryable as exc:
                     cause, retry_after, last = exc.cause, exc.retry_after, exc
                 except httpx.TransportError as exc:
+                    refusal = _certificate_refusal(endpoint, exc)
+                    if refusal is not None:
+                        raise op.error(TLSError, refusal) from exc
                     if await self._speaks_plain_http(endpoint, exc):
                         raise op.error(
                             PlainHTTPError,
@@ -838,12 +1012,13 @@ class RegistryClient:
             return False
         if not _tls_handshake_failure(exc):
             return False
-        probe = endpoint.base.copy_with(scheme="http", path="/v2/")
+        probe = endpoint.base.copy_with(scheme="http", path=f"{endpoint.root}/")
         try:
-            await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
+            answer = await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
         except httpx.HTTPError:
             return False
-        return True
+        # A TLS server that answers plain http only to say so does not speak it.
+        return not (answer.status_code == 400 and _GO_TLS_PORT_ANSWER in answer.content)
 
     async def _refresh(self, endpoint: _Endpoint, op: _Op, version: int) -> bool:
         changed = await self.credentials.refresh(endpoint.host, op.repository or None, version)
@@ -864,22 +1039,27 @@ class RegistryClient:
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the streamed response, following redirects by hand.
 
-        Credentials go only to the endpoint's own host: a redirect to object storage is
-        sent without Authorization (presigned URLs refuse it). Other headers, Range
-        included, are kept.
+        Credentials, and the headers the endpoint's hosts.toml adds, go only to the endpoint's
+        own host: a redirect to object storage is sent without Authorization (presigned URLs
+        refuse it). Other headers, Range included, are kept. Redirects are followed with the
+        endpoint's TLS settings, as containerd does.
         """
+        http = endpoint.http or self._http
         response: httpx.Response | None = None
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                auth = self._auth if url.netloc == endpoint.base.netloc else None
-                request = self._http.build_request(
+                own = url.netloc == endpoint.base.netloc
+                sent = httpx.Headers(list(endpoint.headers) if own else [])
+                sent.update(headers)
+                request = http.build_request(
                     method,
                     url,
-                    headers=headers,
+                    headers=sent,
                     content=content,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
-                response = await self._http.send(request, auth=auth, stream=True)
+                auth = self._auth if own else None
+                response = await http.send(request, auth=auth, stream=True)
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECT_STATUSES or not location:
                     break
