@@ -16,7 +16,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -52,13 +52,15 @@ from lazyimage.oci import (
 )
 from lazyimage.registry._auth import RegistryAuth, ReplayRequired
 from lazyimage.registry._credentials import CredentialStore
-from lazyimage.registry._hostsdir import LoadedHost, LoadedHosts, RegistryHosts
-from lazyimage.registry._hostsfile import ALL_CAPABILITIES, Capability
+from lazyimage.registry._hostsdir import RegistryHosts
+from lazyimage.registry._hostsfile import Capability
 from lazyimage.registry._http import error_detail, media_type_of, parse_content_range
 from lazyimage.registry._keychain import Keychain
-from lazyimage.registry._reference import Reference, connect_host
+from lazyimage.registry._reference import Reference
 from lazyimage.registry._retry import RetryPolicy, RetryState, parse_retry_after
+from lazyimage.registry._routes import Endpoint, Router
 from lazyimage.registry._sinks import FileSink, MemorySink, Sink
+from lazyimage.registry._tls import certificate_refusal, tls_handshake_failure
 
 __all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage"]
 
@@ -77,9 +79,6 @@ _LOCATION_CACHE_SIZE = 4096
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 _IDENTITY = {"Accept-Encoding": "identity"}
 _PLAIN_HTTP_PROBE_TIMEOUT = 5.0
-_MIRROR_CAPABILITIES = Capability.PULL | Capability.RESOLVE
-# What Go's TLS servers (docker-registry among them) answer a plain-http request with.
-_GO_TLS_PORT_ANSWER = b"Client sent an HTTP request to an HTTPS server"
 
 
 @dataclass(frozen=True)
@@ -101,38 +100,6 @@ class ResolvedImage:
     index: Index | None = None
     index_data: bytes | None = None
     index_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    """A host that serves a registry's API: the registry itself, one of its mirrors, or the
-    server its hosts.toml names."""
-
-    base: httpx.URL
-    # The upstream registry name, sent to other hosts as ``?ns=`` (what containerd does).
-    mirror_of: str | None = None
-    root: str = "/v2"  # the API root path
-    capabilities: Capability = ALL_CAPABILITIES
-    headers: tuple[tuple[str, str], ...] = ()
-    # The client with this host's TLS settings and connect timeout; None: the shared one.
-    http: httpx.AsyncClient | None = field(default=None, compare=False)
-
-    @property
-    def host(self) -> str:
-        return self.base.netloc.decode("ascii")
-
-
-@dataclass(frozen=True)
-class _Route:
-    """The hosts of one registry, in the order they are tried, and where they came from."""
-
-    endpoints: tuple[_Endpoint, ...]
-    loaded: LoadedHosts | None
-    checked: float  # when the hosts' files were last looked at (the event loop's clock)
-
-    @property
-    def source(self) -> str:
-        return f" (hosts from {self.loaded.source})" if self.loaded is not None else ""
 
 
 @dataclass(frozen=True)
@@ -181,54 +148,6 @@ def _blob_op(ref: Reference, digest: str, what: str) -> _Op:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
-
-
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    """The ssl.SSLError behind ``exc``, if any.
-
-    httpx raises ConnectError from httpcore's, which comes from the SSLError itself (asyncio)
-    or from trio's BrokenResourceError around it.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # the chain is short; the bound guards against a cycle
-        if seen is None or isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-# The alerts a server sends when it wants a client certificate it did not get (or trust).
-_CLIENT_CERTIFICATE_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "UNKNOWN_CA",
-    "CERTIFICATE_UNKNOWN",
-)
-
-
-def _certificate_refusal(endpoint: _Endpoint, exc: BaseException) -> str | None:
-    """Why the TLS handshake failed on a certificate, either way, or None if it did not."""
-    cause = _ssl_cause(exc)
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        reason = cause.verify_message or cause.reason or str(cause)
-        return (
-            f"the TLS certificate of {endpoint.host} is not trusted ({reason}); name its CA "
-            f"with `ca` in the registry's hosts.toml (--registry-config)"
-        )
-    reason = (cause.reason or "") if cause is not None else ""
-    if any(alert in reason for alert in _CLIENT_CERTIFICATE_ALERTS):
-        return (
-            f"{endpoint.host} refused the TLS handshake for want of a client certificate it "
-            f"trusts ({reason}); give one with `client` in the registry's hosts.toml "
-            f"(--registry-config)"
-        )
-    return None
-
-
-def _tls_handshake_failure(exc: BaseException) -> bool:
-    """Whether an ssl.SSLError, other than an untrusted certificate, lies behind ``exc``."""
-    cause = _ssl_cause(exc)
-    return cause is not None and not isinstance(cause, ssl.SSLCertVerificationError)
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -324,9 +243,6 @@ class RegistryClient:
             raise ValueError("give keychain or credentials, not both")
         self.credentials = credentials if credentials is not None else CredentialStore(keychain)
         self.retry = retry if retry is not None else RetryPolicy()
-        self._insecure = frozenset(insecure_registries)
-        self._mirrors = {name: tuple(hosts) for name, hosts in (mirrors or {}).items()}
-        self._hosts = hosts
         self._auth = RegistryAuth(self.credentials)
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -335,10 +251,13 @@ class RegistryClient:
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self._transport = transport
         self._http = self._new_http(httpx.Timeout(timeout), True)
-        # One client per TLS setting and connect timeout that a host's hosts.toml asks for.
-        # Those of settings since replaced are kept until aclose: requests may still use them.
-        self._host_http: dict[tuple[ssl.SSLContext | None, float | None], httpx.AsyncClient] = {}
-        self._routes: dict[str, _Route] = {}
+        self._router = Router(
+            insecure=insecure_registries,
+            mirrors=mirrors or {},
+            hosts=hosts,
+            timeout=self._http.timeout,
+            new_client=self._new_http if transport is None else None,
+        )
         # Where a blob was redirected to, so range reads go straight to object storage.
         self._locations: OrderedDict[tuple[str, str, str], httpx.URL] = OrderedDict()
 
@@ -359,8 +278,8 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in (self._http, *self._host_http.values()):
-            await client.aclose()
+        await self._http.aclose()
+        await self._router.aclose()
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -369,7 +288,7 @@ class RegistryClient:
         op = _Op(ref.registry, ref.repository, f"manifest {ref.identifier}")
         path = f"/v2/{ref.repository}/manifests/{ref.identifier}"
 
-        async def attempt(endpoint: _Endpoint) -> tuple[bytes, httpx.Headers]:
+        async def attempt(endpoint: Endpoint) -> tuple[bytes, httpx.Headers]:
             headers = {"Accept": MANIFEST_ACCEPT}
             async with self._open(endpoint, "GET", self._url(endpoint, path), headers) as resp:
                 if resp.status_code != 200:
@@ -462,7 +381,7 @@ class RegistryClient:
             raise op.mismatch(f"content has digest {digest}, reference says {ref.digest}")
         path = f"/v2/{ref.repository}/manifests/{target}"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             headers = {"Content-Type": media_type}
             url = self._url(endpoint, path)
             async with self._open(endpoint, "PUT", url, headers, content=data) as resp:
@@ -517,7 +436,7 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             headers = dict(_IDENTITY)
             resume = sink.size
             if resume:
@@ -578,7 +497,7 @@ class RegistryClient:
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
 
-        async def attempt(endpoint: _Endpoint) -> bytes:
+        async def attempt(endpoint: Endpoint) -> bytes:
             if on_attempt is not None:
                 on_attempt()
             timeout = self._stall_timeout(stall_timeout, endpoint)
@@ -611,7 +530,7 @@ class RegistryClient:
         return await self._pull(ref, op, attempt, bounded=True, on_retry=on_retry)
 
     def _stall_timeout(
-        self, stall_timeout: float | None, endpoint: _Endpoint
+        self, stall_timeout: float | None, endpoint: Endpoint
     ) -> httpx.Timeout | None:
         """The endpoint's timeouts with connect, read and write cut to ``stall_timeout``.
 
@@ -638,7 +557,7 @@ class RegistryClient:
     async def _take_range(
         self,
         op: _Op,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         resp: httpx.Response,
         offset: int,
         length: int,
@@ -684,7 +603,7 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest} size")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> int:
+        async def attempt(endpoint: Endpoint) -> int:
             url = self._url(endpoint, path)
             async with self._open(endpoint, "HEAD", url, _IDENTITY) as resp:
                 size = _content_length(resp)
@@ -721,7 +640,7 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest} existence")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> bool:
+        async def attempt(endpoint: Endpoint) -> bool:
             async with self._open(endpoint, "HEAD", self._url(endpoint, path), _IDENTITY) as resp:
                 if resp.status_code == 200:
                     return True
@@ -747,7 +666,7 @@ class RegistryClient:
             return
         start_path = f"/v2/{ref.repository}/blobs/uploads/"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             start = self._url(endpoint, start_path)
             async with self._open(endpoint, "POST", start, {"Content-Length": "0"}) as resp:
                 if resp.status_code != 202:
@@ -776,7 +695,7 @@ class RegistryClient:
 
         await self._push(ref, op, attempt, bounded=False)
 
-    async def _check_upload(self, op: _Op, endpoint: _Endpoint, resp: httpx.Response) -> None:
+    async def _check_upload(self, op: _Op, endpoint: Endpoint, resp: httpx.Response) -> None:
         if resp.status_code in (201, 204):
             return
         if resp.status_code == 400:
@@ -788,81 +707,7 @@ class RegistryClient:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _endpoint(self, location: str, mirror_of: str | None = None) -> _Endpoint:
-        """A host given to the client as ``mirrors``: it may pull and resolve tags."""
-        if "://" in location:
-            url = httpx.URL(location)
-            base = httpx.URL(scheme=url.scheme, host=url.host, port=url.port)
-        else:
-            base = httpx.URL(f"{'http' if location in self._insecure else 'https'}://{location}")
-        return _Endpoint(base, mirror_of, capabilities=_MIRROR_CAPABILITIES)
-
-    def _registry_base(self, registry: str) -> httpx.URL:
-        host = connect_host(registry)
-        insecure = registry in self._insecure or host in self._insecure
-        return httpx.URL(f"{'http' if insecure else 'https'}://{host}")
-
-    def _configured(self, registry: str, loaded: LoadedHost) -> _Endpoint:
-        """A host from the registry's hosts.toml (or certificate files)."""
-        host = loaded.host
-        if host.url is None:
-            base, root, mirror_of = self._registry_base(registry), "/v2", None
-        else:
-            netloc = host.url.netloc
-            scheme = host.url.scheme or ("http" if netloc in self._insecure else "https")
-            base, root = httpx.URL(f"{scheme}://{netloc}"), host.url.root
-            # Another host than the registry's own is told which registry is meant.
-            mirror_of = None if netloc == connect_host(registry) else registry
-        context = loaded.ssl_context if base.scheme == "https" else None
-        return _Endpoint(
-            base,
-            mirror_of,
-            root,
-            host.capabilities,
-            host.headers,
-            self._host_client(context, host.dial_timeout),
-        )
-
-    def _host_client(
-        self, context: ssl.SSLContext | None, dial_timeout: float | None
-    ) -> httpx.AsyncClient | None:
-        if (context is None and dial_timeout is None) or self._transport is not None:
-            return None
-        key = (context, dial_timeout)
-        client = self._host_http.get(key)
-        if client is None:
-            timeout = self._http.timeout
-            if dial_timeout is not None:
-                timeout = httpx.Timeout(
-                    connect=dial_timeout, read=timeout.read, write=timeout.write, pool=timeout.pool
-                )
-            client = self._host_http[key] = self._new_http(
-                timeout, context if context is not None else True
-            )
-        return client
-
-    async def _route(self, registry: str) -> _Route:
-        """The registry's hosts; their files are looked at again every few seconds."""
-        route = self._routes.get(registry)
-        now = anyio.current_time()
-        if route is not None and (self._hosts is None or now - route.checked < self._hosts.recheck):
-            return route
-        loaded = None
-        if self._hosts is not None:
-            loaded = await anyio.to_thread.run_sync(self._hosts.lookup, registry)
-        if route is not None and route.loaded is loaded:
-            route = replace(route, checked=now)
-        else:
-            mirrors = [self._endpoint(m, registry) for m in self._mirrors.get(registry, ())]
-            if loaded is None:
-                hosts = [_Endpoint(self._registry_base(registry))]
-            else:
-                hosts = [self._configured(registry, host) for host in loaded.hosts]
-            route = _Route((*mirrors, *hosts), loaded, now)
-        self._routes[registry] = route
-        return route
-
-    def _url(self, endpoint: _Endpoint, path: str) -> httpx.URL:
+    def _url(self, endpoint: Endpoint, path: str) -> httpx.URL:
         # Paths are written from the standard API root, /v2; a host may have another.
         url = endpoint.base.copy_with(path=endpoint.root + path.removeprefix("/v2"))
         if endpoint.mirror_of:
@@ -870,7 +715,7 @@ class RegistryClient:
         return url
 
     @staticmethod
-    def _op_at(op: _Op, endpoint: _Endpoint) -> _Op:
+    def _op_at(op: _Op, endpoint: Endpoint) -> _Op:
         """``op`` as done on ``endpoint``: another host than the registry is named in errors."""
         return op if endpoint.mirror_of is None else _Op(endpoint.host, op.repository, op.what)
 
@@ -878,7 +723,7 @@ class RegistryClient:
         self,
         ref: Reference,
         op: _Op,
-        attempt: Callable[[_Endpoint], Awaitable[T]],
+        attempt: Callable[[Endpoint], Awaitable[T]],
         *,
         bounded: bool,
         need: Capability = Capability.PULL,
@@ -886,7 +731,7 @@ class RegistryClient:
     ) -> T:
         """Run a read-only operation on each host that may do it, in order: once on each but
         the last (the mirrors), then on the last with retries."""
-        route = await self._route(ref.registry)
+        route = await self._router.route(ref.registry)
         endpoints = [endpoint for endpoint in route.endpoints if need in endpoint.capabilities]
         if not endpoints:
             what = (need.name or "").lower()
@@ -913,12 +758,12 @@ class RegistryClient:
         self,
         ref: Reference,
         op: _Op,
-        attempt: Callable[[_Endpoint], Awaitable[T]],
+        attempt: Callable[[Endpoint], Awaitable[T]],
         *,
         bounded: bool,
     ) -> T:
         """Run a write (or the check before one) on the first host that may push."""
-        route = await self._route(ref.registry)
+        route = await self._router.route(ref.registry)
         for endpoint in route.endpoints:
             if Capability.PUSH in endpoint.capabilities:
                 return await self._retrying(
@@ -929,8 +774,8 @@ class RegistryClient:
     async def _retrying(
         self,
         op: _Op,
-        endpoint: _Endpoint,
-        attempt: Callable[[_Endpoint], Awaitable[T]],
+        endpoint: Endpoint,
+        attempt: Callable[[Endpoint], Awaitable[T]],
         policy: RetryPolicy,
         *,
         bounded: bool,
@@ -966,8 +811,9 @@ class RegistryClient:
                     raise op.error(RegistryError, str(exc)) from None
                 except _Retryable as exc:
                     cause, retry_after, last = exc.cause, exc.retry_after, exc
-                except httpx.TransportError as exc:
-                    refusal = _certificate_refusal(endpoint, exc)
+                # httpcore passes a TLS alert received while reading on as the SSLError itself.
+                except (httpx.TransportError, ssl.SSLError) as exc:
+                    refusal = certificate_refusal(endpoint.host, exc)
                     if refusal is not None:
                         raise op.error(TLSError, refusal) from exc
                     if await self._speaks_plain_http(endpoint, exc):
@@ -1001,7 +847,7 @@ class RegistryClient:
             f"in {state.elapsed:.1f} s)",
         ) from last
 
-    async def _speaks_plain_http(self, endpoint: _Endpoint, exc: httpx.TransportError) -> bool:
+    async def _speaks_plain_http(self, endpoint: Endpoint, exc: Exception) -> bool:
         """Whether a failed TLS handshake was answered by a plain-http server.
 
         No retry can mend that, so one plain GET /v2/ settles it: any HTTP answer means the
@@ -1010,17 +856,16 @@ class RegistryClient:
         """
         if endpoint.base.scheme != "https" or not isinstance(exc, httpx.ConnectError):
             return False
-        if not _tls_handshake_failure(exc):
+        if not tls_handshake_failure(exc):
             return False
         probe = endpoint.base.copy_with(scheme="http", path=f"{endpoint.root}/")
         try:
-            answer = await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
+            await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
         except httpx.HTTPError:
             return False
-        # A TLS server that answers plain http only to say so does not speak it.
-        return not (answer.status_code == 400 and _GO_TLS_PORT_ANSWER in answer.content)
+        return True
 
-    async def _refresh(self, endpoint: _Endpoint, op: _Op, version: int) -> bool:
+    async def _refresh(self, endpoint: Endpoint, op: _Op, version: int) -> bool:
         changed = await self.credentials.refresh(endpoint.host, op.repository or None, version)
         if changed:
             log.info("credentials for %s/%s changed; trying again", endpoint.host, op.repository)
@@ -1029,7 +874,7 @@ class RegistryClient:
     @asynccontextmanager
     async def _open(
         self,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         method: str,
         url: httpx.URL,
         headers: Mapping[str, str],
@@ -1084,7 +929,7 @@ class RegistryClient:
             return b""
 
     async def _raise_for_status(
-        self, op: _Op, endpoint: _Endpoint, response: httpx.Response
+        self, op: _Op, endpoint: Endpoint, response: httpx.Response
     ) -> NoReturn:
         status = response.status_code
         detail = error_detail(await self._error_body(response)) or response.reason_phrase
