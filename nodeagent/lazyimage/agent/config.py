@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyimage import envflags, names
+from lazyimage.registry import RegistryHosts
 
 __all__ = ["AgentConfig", "build_parser", "parse_config"]
 
@@ -42,6 +43,8 @@ class AgentConfig:
     # Keep the FUSE connection in a holder process, so a restarted agent takes the mount over.
     fuse_holder: bool = True
     fuse_holder_cgroup: str | None = None
+    # containerd's per-registry configuration (HOST/hosts.toml, certificates); None: none.
+    registry_config: Path | None = None
 
     @property
     def mountpoint(self) -> Path:
@@ -135,6 +138,17 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         default=insecure,
         metavar="HOST:PORT",
         help="plain-http registry, repeatable (LAZYIMAGE_INSECURE_REGISTRY, comma-separated)",
+    )
+    parser.add_argument(
+        "--registry-config",
+        type=envflags.directory,
+        default=env(
+            "LAZYIMAGE_REGISTRY_CONFIG", envflags.directory, RegistryHosts.containerd_default()
+        ),
+        metavar="DIR",
+        help="containerd's registry configuration (its config_path): mirrors, CAs and client "
+        "certificates in DIR/HOST/hosts.toml, read again when they change; default "
+        f"{names.DEFAULT_REGISTRY_CONFIG} if it exists, '' for none (LAZYIMAGE_REGISTRY_CONFIG)",
     )
     parser.add_argument(
         "--cache-size",
@@ -267,4 +281,5 @@ def parse_config(
         profile_window=args.profile_window,
         fuse_holder=args.fuse_holder,
         fuse_holder_cgroup=args.fuse_holder_cgroup,
+        registry_config=args.registry_config,
     )

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazyimage import names
 from lazyimage.errors import ConfigError
 from lazyimage.registry._hostsfile import (
     Capability,
@@ -135,6 +136,12 @@ class RegistryHosts:
 
     def __repr__(self) -> str:
         return f"RegistryHosts({str(self.root)!r})"
+
+    @staticmethod
+    def containerd_default() -> Path | None:
+        """containerd's usual directory (/etc/containerd/certs.d), if this machine has it."""
+        path = Path(names.DEFAULT_REGISTRY_CONFIG)
+        return path if path.is_dir() else None
 
     def _directory(self, registry: str) -> Path | None:
         for name in host_directories(registry):
