@@ -894,8 +894,10 @@ class RegistryClient:
         try:
             for _ in range(_MAX_REDIRECTS + 1):
                 own = url.netloc == endpoint.base.netloc
-                sent = httpx.Headers(list(endpoint.headers) if own else [])
-                sent.update(headers)
+                sent: Mapping[str, str] | httpx.Headers = headers
+                if own and endpoint.headers:
+                    sent = httpx.Headers(list(endpoint.headers))
+                    sent.update(headers)
                 request = http.build_request(
                     method,
                     url,

@@ -134,7 +134,8 @@ class Router:
             base = httpx.URL(f"{host.url.scheme or self._scheme(netloc)}://{netloc}")
             root = host.url.root
             # Another host than the registry's own is told which registry is meant.
-            mirror_of = None if netloc == connect_host(registry) else registry
+            own = netloc in (registry, connect_host(registry))
+            mirror_of = None if own else registry
         context = loaded.ssl_context if base.scheme == "https" else None
         return Endpoint(
             base,

@@ -166,3 +166,24 @@ async def test_without_a_directory_for_it_a_registry_is_used_as_before(tmp_path:
     async with _client(tmp_path, _registry(serving, seen)) as client:
         await client.get_manifest(Reference.parse("app:1"))
     assert [str(r.url) for r in seen] == ["https://registry-1.docker.io/v2/library/app/manifests/1"]
+
+
+async def test_the_registrys_own_names_are_not_told_the_namespace(tmp_path: Path) -> None:
+    """containerd's own example for docker.io: neither host is another registry's mirror."""
+    _write(
+        tmp_path,
+        "docker.io",
+        """
+        server = "https://docker.io"
+        [host."https://registry-1.docker.io"]
+          capabilities = ["pull", "resolve"]
+        """,
+    )
+    seen: list[httpx.Request] = []
+    async with _client(tmp_path, _registry({}, seen)) as client:
+        with pytest.raises(RegistryError, match="not found"):
+            await client.get_manifest(Reference.parse("library/app:1"))
+    assert [str(r.url) for r in seen] == [
+        "https://registry-1.docker.io/v2/library/app/manifests/1",
+        "https://docker.io/v2/library/app/manifests/1",
+    ]
