@@ -817,6 +817,9 @@ class RegistryClient:
                     if refusal is not None:
                         raise op.error(TLSError, refusal) from exc
                     if await self._speaks_plain_http(endpoint, exc):
+                        if endpoint.plain_fallback:
+                            endpoint = self._router.plain_http(endpoint)
+                            continue
                         raise op.error(
                             PlainHTTPError,
                             f"{endpoint.host} speaks plain http, not https; "

@@ -4,6 +4,9 @@ A registry's route is the client's ``mirrors`` for it (pull and resolve only), t
 its certs.d directory names (lazyimage.registry._hostsdir), the last of them its server; with
 no directory, the registry itself. Each host that has TLS settings or a connect timeout of its
 own gets an httpx client of its own; the rest share the client's.
+
+As in containerd, an ``http://`` host that has TLS settings, on another port than 80, is tried
+in https first, and spoken to in plain http once it answers in plain http.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     # The client with this host's TLS settings and connect timeout; None: the shared one.
     http: httpx.AsyncClient | None = field(default=None, compare=False)
+    # Written http:// but tried in https: plain http once the host answers in it.
+    plain_fallback: bool = False
 
     @property
     def host(self) -> str:
@@ -81,6 +86,7 @@ class Router:
         # Those of settings since replaced are kept until aclose: requests may still use them.
         self._clients: dict[tuple[ssl.SSLContext | None, float | None], httpx.AsyncClient] = {}
         self._routes: dict[str, Route] = {}
+        self._plain: set[str] = set()  # hosts of plain_fallback found to speak plain http
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -98,14 +104,24 @@ class Router:
         if route is not None and route.loaded is loaded:
             route = replace(route, checked=now)
         else:
-            mirrors = [self._mirror(m, registry) for m in self._mirrors.get(registry, ())]
-            if loaded is None:
-                hosts = [Endpoint(self._registry_base(registry))]
-            else:
-                hosts = [self._configured(registry, host) for host in loaded.hosts]
-            route = Route((*mirrors, *hosts), loaded, now)
+            route = self._build(registry, loaded, now)
         self._routes[registry] = route
         return route
+
+    def plain_http(self, endpoint: Endpoint) -> Endpoint:
+        """A ``plain_fallback`` endpoint found to speak plain http: from now on it is."""
+        self._plain.add(endpoint.host)
+        for registry, route in self._routes.items():
+            self._routes[registry] = self._build(registry, route.loaded, route.checked)
+        return replace(endpoint, base=endpoint.base.copy_with(scheme="http"), plain_fallback=False)
+
+    def _build(self, registry: str, loaded: LoadedHosts | None, checked: float) -> Route:
+        mirrors = [self._mirror(m, registry) for m in self._mirrors.get(registry, ())]
+        if loaded is None:
+            hosts = [Endpoint(self._registry_base(registry))]
+        else:
+            hosts = [self._configured(registry, host) for host in loaded.hosts]
+        return Route((*mirrors, *hosts), loaded, checked)
 
     def _scheme(self, host: str) -> str:
         return "http" if host in self._insecure else "https"
@@ -136,6 +152,15 @@ class Router:
             # Another host than the registry's own is told which registry is meant.
             own = netloc in (registry, connect_host(registry))
             mirror_of = None if own else registry
+        fallback = (
+            host.url is not None
+            and host.url.scheme == "http"
+            and loaded.ssl_context is not None
+            and not host.url.netloc.endswith(":80")  # http's own port says plain http
+            and host.url.netloc not in self._plain
+        )
+        if fallback:
+            base = base.copy_with(scheme="https")
         context = loaded.ssl_context if base.scheme == "https" else None
         return Endpoint(
             base,
@@ -144,6 +169,7 @@ class Router:
             host.capabilities,
             host.headers,
             self._client(context, host.dial_timeout),
+            fallback,
         )
 
     def _client(

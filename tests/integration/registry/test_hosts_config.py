@@ -265,3 +265,25 @@ async def test_default_with_a_server_sends_every_registry_there(
     # Upload URLs are the registry's own Location; every other request names the registry.
     named = [r for r in log if r.method in ("GET", "HEAD", "POST")]
     assert named and all("ns=registry.invalid" in r.target for r in named)
+
+
+async def test_an_http_host_with_tls_settings_is_tried_in_https_first(
+    registry: RegistryServer, tls_registry: RegistryServer, pki: PKI, certs_d: Path
+) -> None:
+    """containerd's rule (its "bypass TLS verification" example): written http:// but with TLS
+    settings, a host is tried in https, and in plain http once it answers in plain http."""
+    _hosts_toml(certs_d, registry.host, f'server = "http://{registry.host}"\nskip_verify = true\n')
+    _hosts_toml(
+        certs_d, tls_registry.host, f'server = "http://{tls_registry.host}"\nca = "{pki.ca.path}"\n'
+    )
+    plain = Reference.parse(f"{registry.host}/fallback/app:1")
+    secure = Reference.parse(f"{tls_registry.host}/fallback/app:1")
+    async with _client(certs_d) as client:
+        first = await _push(client, plain, 8)
+        assert (await client.resolve_image(plain)).manifest_digest == first.manifest_digest
+        second = await _push(client, secure, 9)
+        assert (await client.resolve_image(secure)).manifest_digest == second.manifest_digest
+    # One plain GET /v2/ settled it for the plain registry; no request of the TLS one fell back.
+    assert [r.path for r in registry.access_log()].count("/v2/") == 1
+    assert "/v2/" not in [r.path for r in tls_registry.access_log()]
+    assert [r.status for r in tls_registry.access_log() if "/manifests/" in r.path] == [201, 200]
