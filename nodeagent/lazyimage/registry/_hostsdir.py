@@ -216,10 +216,15 @@ class RegistryHosts:
 
 def _loaded(config: HostsConfig) -> LoadedHosts:
     hosts = []
+    # Hosts with the same settings share a context, hence a client and its connections.
+    contexts: dict[TLSSettings, ssl.SSLContext] = {}
     for host in config.hosts:
         context = None
         if host.tls.configured:
-            prefix = f"{host.table}." if host.table else ""
-            context = ssl_context(host.tls, f"{config.source}: {prefix}")
+            context = contexts.get(host.tls)
+            if context is None:
+                prefix = f"{host.table}." if host.table else ""
+                context = ssl_context(host.tls, f"{config.source}: {prefix}")
+                contexts[host.tls] = context
         hosts.append(LoadedHost(host, context))
     return LoadedHosts(config.source, tuple(hosts))

@@ -1,4 +1,4 @@
-"""containerd's per-registry ``hosts.toml``, parsed into typed settings (no I/O but the file).
+"""containerd's per-registry ``hosts.toml``, parsed into typed settings (bytes in, no I/O).
 
 A registry's ``hosts.toml`` lists the hosts that serve it, in the order they are tried: each
 ``[host."URL"]`` table first, in file order, then the ``server`` (the registry itself when
