@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Images are registry references (HOST[:PORT]/REPO[:TAG|@DIGEST]) or OCI layout "
             "directories (oci:DIR[:TAG]). Credentials come from $DOCKER_CONFIG/config.json or "
-            "~/.docker/config.json. Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, "
+            "~/.docker/config.json; mirrors, CAs and client certificates from containerd's "
+            "hosts.toml files (--registry-config). Exit codes: 0 ok, 1 internal error, 2 usage "
+            "(a bad hosts.toml, an untrusted registry certificate too), 3 not found, "
             "4 authentication, 5 registry unavailable, 6 corrupt or invalid data, 7 other. "
             "LAZYIMAGE_DEBUG=1 prints tracebacks."
         ),
