@@ -187,3 +187,33 @@ async def test_the_registrys_own_names_are_not_told_the_namespace(tmp_path: Path
         "https://registry-1.docker.io/v2/library/app/manifests/1",
         "https://docker.io/v2/library/app/manifests/1",
     ]
+
+
+async def test_http_hosts_with_tls_settings_are_asked_in_https_unless_on_port_80(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path,
+        "r.example",
+        """
+        [host."http://a.example:5000"]
+          skip_verify = true
+        [host."http://b.example:80"]
+          skip_verify = true
+        [host."http://c.example:5000"]
+        [host."http://d.example"]
+          ca = []
+          skip_verify = true
+        """,
+    )
+    seen: list[httpx.Request] = []
+    async with _client(tmp_path, _registry({}, seen)) as client:
+        with pytest.raises(RegistryError, match="not found"):
+            await client.get_manifest(Reference.parse("r.example/app:1"))
+    assert [f"{r.url.scheme}://{r.url.netloc.decode()}" for r in seen] == [
+        "https://a.example:5000",
+        "http://b.example",  # the default port, which httpx leaves out
+        "http://c.example:5000",  # no TLS settings: plain http as written
+        "https://d.example",
+        "https://r.example",
+    ]
