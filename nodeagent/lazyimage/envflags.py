@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 __all__ = [
     "EnvDefaults",
     "boolean",
     "choice",
+    "directory",
     "host_port",
     "non_negative_float",
     "non_negative_int",
@@ -88,6 +90,16 @@ def host_port(text: str) -> str:
     if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError("expected HOST:PORT")
     return text.strip()
+
+
+def directory(text: str) -> Path | None:
+    """An existing directory; an empty value for none."""
+    if not text.strip():
+        return None
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return path
 
 
 def choice(*options: str) -> Callable[[str], str]:

@@ -9,8 +9,10 @@
     │   ├── AuthError              401 or 403 after every credential was tried
     │   ├── RangeNotSupportedError a ranged GET answered without 206 / Content-Range
     │   ├── PlainHTTPError         https asked of a registry that speaks plain http
+    │   ├── TLSError               a certificate refused in the TLS handshake, either way
     │   └── UnavailableError       5xx, 429 or connection errors past the retry bound
     ├── StorageError             a local file could not be written or read (disk full, denied)
+    ├── ConfigError              a configuration file that cannot be used (a registry hosts.toml)
     └── ConversionError          converting an image failed; names the image and layer
 
 No class here knows about errno values or gRPC status codes; the layers that speak those
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "ConfigError",
     "ConversionError",
     "FormatError",
     "InvalidReferenceError",
@@ -30,6 +33,7 @@ __all__ = [
     "RangeNotSupportedError",
     "RegistryError",
     "StorageError",
+    "TLSError",
     "UnavailableError",
     "VerificationError",
 ]
@@ -90,6 +94,13 @@ class PlainHTTPError(RegistryError):
     Retrying cannot help, so the first such failure ends the operation."""
 
 
+class TLSError(RegistryError):
+    """The TLS handshake failed on a certificate: the registry's was not trusted, or it
+    refused ours (or asked for one we do not have).
+
+    Retrying cannot help, so the first such failure ends the attempt on that host."""
+
+
 class UnavailableError(RegistryError):
     """The registry kept failing (5xx, 429, connection errors) past the retry bound."""
 
@@ -97,6 +108,11 @@ class UnavailableError(RegistryError):
 class StorageError(LazyImageError):
     """A local file or directory could not be written or read: a full disk, a read-only
     filesystem, no permission. The message names the path; the OSError is the cause."""
+
+
+class ConfigError(LazyImageError, ValueError):
+    """A configuration file that cannot be used: not valid TOML, a key of the wrong type, a
+    certificate it names that cannot be read. The message names the file and the key."""
 
 
 class ConversionError(LazyImageError):

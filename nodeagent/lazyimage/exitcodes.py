@@ -20,7 +20,9 @@ __all__ = [
 
 OK = 0
 INTERNAL = 1  # a bug: please report it
-USAGE = 2  # bad command line, LAZYIMAGE_* variable or reference; a missing --insecure-registry
+# bad command line, LAZYIMAGE_* variable, reference or registry configuration (hosts.toml); a
+# missing --insecure-registry; a registry certificate not trusted (or ours refused)
+USAGE = 2
 NOT_FOUND = 3  # image, tag, manifest or blob not found
 AUTH = 4  # the registry refused our credentials
 UNAVAILABLE = 5  # registry errors or unreachable past the retry bound
@@ -46,6 +48,8 @@ def exit_code_for(exc: BaseException) -> int:
     table: list[tuple[type[BaseException], int]] = [
         (errors.InvalidReferenceError, USAGE),
         (errors.PlainHTTPError, USAGE),
+        (errors.TLSError, USAGE),
+        (errors.ConfigError, USAGE),
         (errors.NotFoundError, NOT_FOUND),
         (errors.AuthError, AUTH),
         (errors.RegistryError, UNAVAILABLE),

@@ -6,6 +6,7 @@ __all__ = [
     "API_GROUP",
     "API_VERSION",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_REGISTRY_CONFIG",
     "DEFAULT_SOCKET",
     "DEFAULT_STATE_DIR",
     "LABEL_CRI_IMAGE_LAYERS",
@@ -71,4 +72,6 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SNAPSHOTTER_NAME = "lazyimage"
 DEFAULT_SOCKET = "/run/lazyimage/snapshotter.sock"
 DEFAULT_STATE_DIR = "/var/lib/lazyimage"
+# containerd's per-registry configuration (its config_path): HOST/hosts.toml and certificates.
+DEFAULT_REGISTRY_CONFIG = "/etc/containerd/certs.d"
 METRIC_PREFIX = "lazyimage_"

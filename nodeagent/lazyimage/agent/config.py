@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyimage import envflags, names
+from lazyimage.registry import RegistryHosts
 
 __all__ = ["AgentConfig", "build_parser", "parse_config"]
 
@@ -46,6 +47,8 @@ class AgentConfig:
     # kubelet finds the image present. The handler names the runtime class it is pulled for.
     cri_socket: Path | None = None
     cri_runtime_handler: str = ""
+    # containerd's per-registry configuration (HOST/hosts.toml, certificates); None: none.
+    registry_config: Path | None = None
 
     @property
     def mountpoint(self) -> Path:
@@ -139,6 +142,17 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         default=insecure,
         metavar="HOST:PORT",
         help="plain-http registry, repeatable (LAZYIMAGE_INSECURE_REGISTRY, comma-separated)",
+    )
+    parser.add_argument(
+        "--registry-config",
+        type=envflags.directory,
+        default=env(
+            "LAZYIMAGE_REGISTRY_CONFIG", envflags.directory, RegistryHosts.containerd_default()
+        ),
+        metavar="DIR",
+        help="containerd's registry configuration (its config_path): mirrors, CAs and client "
+        "certificates in DIR/HOST/hosts.toml, read again when they change; default "
+        f"{names.DEFAULT_REGISTRY_CONFIG} if it exists, '' for none (LAZYIMAGE_REGISTRY_CONFIG)",
     )
     parser.add_argument(
         "--cache-size",
@@ -290,4 +304,5 @@ def parse_config(
         fuse_holder_cgroup=args.fuse_holder_cgroup,
         cri_socket=args.cri_socket,
         cri_runtime_handler=args.cri_runtime_handler,
+        registry_config=args.registry_config,
     )

@@ -34,7 +34,7 @@ from lazyimage.fetch import FetchConfig, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.kube import KubeClient, KubeConfig, NotFoundError, ResourcePath
 from lazyimage.logs import configure_logging
-from lazyimage.registry import CredentialStore, DockerConfigFile, RegistryClient
+from lazyimage.registry import CredentialStore, DockerConfigFile, RegistryClient, RegistryHosts
 from lazyimage.snapshotter import CriImageService, Snapshotter
 from lazyimage.snapshotter import serve as serve_snapshots
 
@@ -73,7 +73,10 @@ async def serve(config: AgentConfig) -> None:
     ):
         async with (
             RegistryClient(
-                credentials=credentials, insecure_registries=config.insecure_registries
+                credentials=credentials,
+                insecure_registries=config.insecure_registries,
+                # A bad hosts.toml is logged and skipped: it must not stop the agent.
+                hosts=RegistryHosts(config.registry_config) if config.registry_config else None,
             ) as client,
             trio.open_nursery() as nursery,
         ):

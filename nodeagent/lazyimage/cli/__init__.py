@@ -17,6 +17,7 @@ import anyio
 
 from lazyimage import __version__, envflags, exitcodes, names
 from lazyimage.cli._commands import run_convert, run_copy, run_inspect
+from lazyimage.registry import RegistryHosts
 
 __all__ = ["build_parser", "main"]
 
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Images are registry references (HOST[:PORT]/REPO[:TAG|@DIGEST]) or OCI layout "
             "directories (oci:DIR[:TAG]). Credentials come from $DOCKER_CONFIG/config.json or "
-            "~/.docker/config.json. Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, "
+            "~/.docker/config.json; mirrors, CAs and client certificates from containerd's "
+            "hosts.toml files (--registry-config). Exit codes: 0 ok, 1 internal error, 2 usage "
+            "(a bad hosts.toml, an untrusted registry certificate too), 3 not found, "
             "4 authentication, 5 registry unavailable, 6 corrupt or invalid data, 7 other. "
             "LAZYIMAGE_DEBUG=1 prints tracebacks."
         ),
@@ -84,29 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
     platforms.add_argument(
         "--all-platforms", action="store_true", help="convert every platform of an index"
     )
-    _add_insecure(convert)
+    _add_registry_options(convert)
 
     copy = commands.add_parser("copy", help="copy an image unchanged (e.g. a layout to a registry)")
     copy.add_argument("src", metavar="SRC", help="the image to copy")
     copy.add_argument("dst", metavar="DST", help="where to store it")
-    _add_insecure(copy)
+    _add_registry_options(copy)
 
     inspect = commands.add_parser("inspect", help="show an image's layers and eStargz TOCs")
     inspect.add_argument("ref", metavar="REF", help="the image to inspect")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--files", action="store_true", help="list every TOC entry")
     inspect.add_argument("--platform", metavar="P", help="os/arch[/variant] for an index")
-    _add_insecure(inspect)
+    _add_registry_options(inspect)
     return parser
 
 
-def _add_insecure(parser: argparse.ArgumentParser) -> None:
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure-registry",
         action="append",
         default=[],
         metavar="HOST:PORT",
         help="talk plain http to this registry (repeatable)",
+    )
+    parser.add_argument(
+        "--registry-config",
+        type=envflags.directory,
+        default=argparse.SUPPRESS,  # unset: LAZYIMAGE_REGISTRY_CONFIG, else containerd's
+        metavar="DIR",
+        help="containerd's registry configuration: mirrors, CAs and client certificates in "
+        f"DIR/HOST/hosts.toml; default $LAZYIMAGE_REGISTRY_CONFIG, else "
+        f"{names.DEFAULT_REGISTRY_CONFIG} if it exists; '' for none",
     )
 
 
@@ -119,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = envflags.EnvDefaults(os.environ)
     debug = env("LAZYIMAGE_DEBUG", envflags.boolean, False)
+    if "registry_config" not in vars(args):
+        default = RegistryHosts.containerd_default()
+        args.registry_config = env("LAZYIMAGE_REGISTRY_CONFIG", envflags.directory, default)
     if env.problems:
         parser.error("; ".join(env.problems))
     command = _COMMANDS[args.command]

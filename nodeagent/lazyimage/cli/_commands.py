@@ -26,19 +26,26 @@ from lazyimage.convert import (
 from lazyimage.errors import InvalidReferenceError
 from lazyimage.estargz import BuildOptions, read_priority_list
 from lazyimage.oci import Platform
-from lazyimage.registry import Keychain, RegistryClient
+from lazyimage.registry import Keychain, RegistryClient, RegistryHosts
 
 __all__ = ["run_convert", "run_copy", "run_inspect"]
 
 
 async def _open_store(
-    stack: AsyncExitStack, text: str, insecure: list[str], *, create: bool = False
+    stack: AsyncExitStack, text: str, args: argparse.Namespace, *, create: bool = False
 ) -> ImageStore:
+    """The image at ``text``: an OCI layout, or a registry reached as the registry options
+    say (a hosts.toml that cannot be used is an error, not skipped)."""
     location = parse_location(text)
     if isinstance(location, LayoutLocation):
         return LayoutStore(location, create=create)
+    config = args.registry_config
     client = await stack.enter_async_context(
-        RegistryClient(keychain=Keychain.from_docker_config(), insecure_registries=tuple(insecure))
+        RegistryClient(
+            keychain=Keychain.from_docker_config(),
+            insecure_registries=tuple(args.insecure_registry),
+            hosts=RegistryHosts(config, strict=True) if config is not None else None,
+        )
     )
     return RegistryStore(client, location)
 
@@ -70,8 +77,8 @@ async def run_convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> Non
     progress = ConvertProgress(err)
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        source = await _open_store(stack, args.src, args.insecure_registry)
-        target = await _open_store(stack, args.dst, args.insecure_registry, create=True)
+        source = await _open_store(stack, args.src, args)
+        target = await _open_store(stack, args.dst, args, create=True)
         try:
             result = await convert_image(source, target, options, progress)
         finally:
@@ -98,8 +105,8 @@ def _report_conversion(result: ConvertResult, seconds: float, err: TextIO) -> No
 
 async def run_copy(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     async with AsyncExitStack() as stack:
-        source = await _open_store(stack, args.src, args.insecure_registry)
-        target = await _open_store(stack, args.dst, args.insecure_registry, create=True)
+        source = await _open_store(stack, args.src, args)
+        target = await _open_store(stack, args.dst, args, create=True)
         digest = await copy_image(source, target)
     print(digest, file=out)
 
@@ -107,7 +114,7 @@ async def run_copy(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
 async def run_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     platform = Platform.parse(args.platform) if args.platform else Platform("linux", "amd64")
     async with AsyncExitStack() as stack:
-        store = await _open_store(stack, args.ref, args.insecure_registry)
+        store = await _open_store(stack, args.ref, args)
         result = await inspect_image(store, platform, with_files=args.files)
     if args.json:
         json.dump(_inspection_json(result), out, indent=2)

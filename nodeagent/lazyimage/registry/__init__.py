@@ -5,6 +5,9 @@ the redirect targets of blobs; share it between tasks. Its CredentialStore keeps
 credentials host-wide and every other source's scoped to the repositories it was granted for.
 Every failure is a ``lazyimage.errors.RegistryError`` naming the registry, repository and what
 was asked, or a ``VerificationError`` for bytes that do not match their digest.
+
+``RegistryHosts`` reads containerd's per-registry configuration (``/etc/containerd/certs.d``:
+``hosts.toml`` mirrors, servers, CAs, client certificates) for the client to follow.
 """
 
 from lazyimage.registry._auth import Challenge, parse_www_authenticate
@@ -14,6 +17,7 @@ from lazyimage.registry._client import (
     ResolvedImage,
 )
 from lazyimage.registry._credentials import CredentialStore
+from lazyimage.registry._hostsdir import RegistryHosts
 from lazyimage.registry._http import ContentRange, parse_content_range
 from lazyimage.registry._keychain import Credentials, DockerConfigFile, Keychain
 from lazyimage.registry._reference import Reference
@@ -29,6 +33,7 @@ __all__ = [
     "Keychain",
     "Reference",
     "RegistryClient",
+    "RegistryHosts",
     "ResolvedImage",
     "RetryPolicy",
     "parse_content_range",

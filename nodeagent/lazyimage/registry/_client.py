@@ -3,8 +3,9 @@
 Each public method is one operation. An operation runs attempts under a RetryPolicy; an
 attempt sends requests through ``_open`` (auth, manual redirects) and turns statuses into
 errors with ``_raise_for_status``. Pull operations try the registry's mirrors first, once
-each, then the registry itself. Only anyio and httpx are used, so the client runs under
-asyncio and trio alike.
+each, then its server (the registry itself unless its hosts.toml names another); pushes go to
+the first host that may push. Only anyio and httpx are used, so the client runs under asyncio
+and trio alike.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lazyimage.errors import (
     PlainHTTPError,
     RangeNotSupportedError,
     RegistryError,
+    TLSError,
     UnavailableError,
     VerificationError,
 )
@@ -50,11 +52,15 @@ from lazyimage.oci import (
 )
 from lazyimage.registry._auth import RegistryAuth, ReplayRequired
 from lazyimage.registry._credentials import CredentialStore
+from lazyimage.registry._hostsdir import RegistryHosts
+from lazyimage.registry._hostsfile import Capability
 from lazyimage.registry._http import error_detail, media_type_of, parse_content_range
 from lazyimage.registry._keychain import Keychain
-from lazyimage.registry._reference import Reference, connect_host
+from lazyimage.registry._reference import Reference
 from lazyimage.registry._retry import RetryPolicy, RetryState, parse_retry_after
+from lazyimage.registry._routes import Endpoint, Router
 from lazyimage.registry._sinks import FileSink, MemorySink, Sink
+from lazyimage.registry._tls import certificate_refusal, tls_handshake_failure
 
 __all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage"]
 
@@ -94,19 +100,6 @@ class ResolvedImage:
     index: Index | None = None
     index_data: bytes | None = None
     index_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    """A host that serves a registry's API: the registry itself or one of its mirrors."""
-
-    base: httpx.URL
-    # The upstream registry name, sent to mirrors as ``?ns=`` (what containerd does).
-    mirror_of: str | None = None
-
-    @property
-    def host(self) -> str:
-        return self.base.netloc.decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -155,22 +148,6 @@ def _blob_op(ref: Reference, digest: str, what: str) -> _Op:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
-
-
-def _tls_handshake_failure(exc: BaseException) -> bool:
-    """Whether an ssl.SSLError, other than an untrusted certificate, lies behind ``exc``.
-
-    httpx raises ConnectError from httpcore's, which comes from the SSLError itself (asyncio)
-    or from trio's BrokenResourceError around it.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # the chain is short; the bound guards against a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError):
-            return not isinstance(seen, ssl.SSLCertVerificationError)
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -235,9 +212,12 @@ class RegistryClient:
 
     ``insecure_registries`` lists ``host:port`` values spoken to over plain http.
     ``mirrors`` maps a registry name (``docker.io``, ``host:port``) to mirror hosts or URLs,
-    tried in order before the registry for pulls. ``timeout`` bounds each connect, read and
-    write; ``retry`` bounds the attempts of an operation in count and time. ``transport``
-    replaces the network (``httpx.MockTransport`` in tests).
+    tried in order before the registry for pulls. ``hosts`` reads each registry's hosts from
+    containerd's configuration directory (``/etc/containerd/certs.d``): mirrors with their
+    capabilities, the server, CAs, client certificates, headers; they come after ``mirrors``.
+    ``timeout`` bounds each connect, read and write; ``retry`` bounds the attempts of an
+    operation in count and time. ``transport`` replaces the network (``httpx.MockTransport``
+    in tests; the hosts' TLS settings then have no effect).
 
     Credentials come from ``credentials`` (a CredentialStore: the node's credentials plus
     sources granted per repository), or from ``keychain`` alone. When the registry refuses
@@ -254,6 +234,7 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         mirrors: Mapping[str, Sequence[str]] | None = None,
+        hosts: RegistryHosts | None = None,
         max_connections: int = 64,
         user_agent: str = f"lazyimage/{__version__}",
         transport: httpx.AsyncBaseTransport | None = None,
@@ -262,21 +243,33 @@ class RegistryClient:
             raise ValueError("give keychain or credentials, not both")
         self.credentials = credentials if credentials is not None else CredentialStore(keychain)
         self.retry = retry if retry is not None else RetryPolicy()
-        self._insecure = frozenset(insecure_registries)
-        self._mirrors = {name: tuple(hosts) for name, hosts in (mirrors or {}).items()}
         self._auth = RegistryAuth(self.credentials)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            # Digests are over the bytes as stored: never let a server re-encode them.
-            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
-            follow_redirects=False,
-            transport=transport,
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        # Digests are over the bytes as stored: never let a server re-encode them.
+        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        self._transport = transport
+        self._http = self._new_http(httpx.Timeout(timeout), True)
+        self._router = Router(
+            insecure=insecure_registries,
+            mirrors=mirrors or {},
+            hosts=hosts,
+            timeout=self._http.timeout,
+            new_client=self._new_http if transport is None else None,
         )
         # Where a blob was redirected to, so range reads go straight to object storage.
         self._locations: OrderedDict[tuple[str, str, str], httpx.URL] = OrderedDict()
+
+    def _new_http(self, timeout: httpx.Timeout, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=timeout,
+            limits=self._limits,
+            headers=self._headers,
+            follow_redirects=False,
+            verify=verify,
+            transport=self._transport,
+        )
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -286,6 +279,7 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._router.aclose()
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -294,7 +288,7 @@ class RegistryClient:
         op = _Op(ref.registry, ref.repository, f"manifest {ref.identifier}")
         path = f"/v2/{ref.repository}/manifests/{ref.identifier}"
 
-        async def attempt(endpoint: _Endpoint) -> tuple[bytes, httpx.Headers]:
+        async def attempt(endpoint: Endpoint) -> tuple[bytes, httpx.Headers]:
             headers = {"Accept": MANIFEST_ACCEPT}
             async with self._open(endpoint, "GET", self._url(endpoint, path), headers) as resp:
                 if resp.status_code != 200:
@@ -304,7 +298,9 @@ class RegistryClient:
                     raise op.error(RegistryError, f"larger than {MAX_MANIFEST_SIZE} bytes")
                 return data, resp.headers
 
-        data, headers = await self._pull(ref, op, attempt, bounded=True)
+        # A tag is resolved only by hosts trusted to; content named by digest is checked.
+        need = Capability.PULL if ref.digest else Capability.RESOLVE
+        data, headers = await self._pull(ref, op, attempt, bounded=True, need=need)
         digest = sha256_digest(data)
         if ref.digest and digest != ref.digest:
             raise op.mismatch(f"content has digest {digest}, expected {ref.digest}")
@@ -385,7 +381,7 @@ class RegistryClient:
             raise op.mismatch(f"content has digest {digest}, reference says {ref.digest}")
         path = f"/v2/{ref.repository}/manifests/{target}"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             headers = {"Content-Type": media_type}
             url = self._url(endpoint, path)
             async with self._open(endpoint, "PUT", url, headers, content=data) as resp:
@@ -395,7 +391,7 @@ class RegistryClient:
                 if claimed.startswith("sha256:") and claimed != digest:
                     raise op.mismatch(f"registry stored digest {claimed}, sent {digest}")
 
-        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=True)
+        await self._push(ref, op, attempt, bounded=True)
         return digest
 
     # -- blobs -------------------------------------------------------------------------------
@@ -440,7 +436,7 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             headers = dict(_IDENTITY)
             resume = sink.size
             if resume:
@@ -498,11 +494,13 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest}, range {offset}-{last}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
         headers = {**_IDENTITY, "Range": f"bytes={offset}-{last}"}
-        timeout = self._stall_timeout(stall_timeout)
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
 
-        async def attempt(endpoint: _Endpoint) -> bytes:
+        async def attempt(endpoint: Endpoint) -> bytes:
             if on_attempt is not None:
                 on_attempt()
+            timeout = self._stall_timeout(stall_timeout, endpoint)
             key = (endpoint.host, ref.repository, digest)
             cached = self._locations.get(key)
             if cached is not None:
@@ -531,17 +529,17 @@ class RegistryClient:
 
         return await self._pull(ref, op, attempt, bounded=True, on_retry=on_retry)
 
-    def _stall_timeout(self, stall_timeout: float | None) -> httpx.Timeout | None:
-        """The client's timeouts with connect, read and write cut to ``stall_timeout``.
+    def _stall_timeout(
+        self, stall_timeout: float | None, endpoint: Endpoint
+    ) -> httpx.Timeout | None:
+        """The endpoint's timeouts with connect, read and write cut to ``stall_timeout``.
 
         httpx applies the read timeout to each socket read, headers included, so it fires
         when no byte has arrived for that long, however long the whole body takes.
         """
         if stall_timeout is None:
             return None
-        if stall_timeout <= 0:
-            raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
-        base = self._http.timeout
+        base = (endpoint.http or self._http).timeout
 
         def cut(value: float | None) -> float:
             return stall_timeout if value is None else min(value, stall_timeout)
@@ -559,7 +557,7 @@ class RegistryClient:
     async def _take_range(
         self,
         op: _Op,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         resp: httpx.Response,
         offset: int,
         length: int,
@@ -605,7 +603,7 @@ class RegistryClient:
         op = _blob_op(ref, digest, f"blob {digest} size")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> int:
+        async def attempt(endpoint: Endpoint) -> int:
             url = self._url(endpoint, path)
             async with self._open(endpoint, "HEAD", url, _IDENTITY) as resp:
                 size = _content_length(resp)
@@ -636,13 +634,13 @@ class RegistryClient:
 
     async def has_blob(self, ref: Reference, digest: str) -> bool:
         """Whether the registry (or a mirror) serves the blob."""
-        return await self._has_blob(ref, digest, upstream_only=False)
+        return await self._has_blob(ref, digest, for_push=False)
 
-    async def _has_blob(self, ref: Reference, digest: str, *, upstream_only: bool) -> bool:
+    async def _has_blob(self, ref: Reference, digest: str, *, for_push: bool) -> bool:
         op = _blob_op(ref, digest, f"blob {digest} existence")
         path = f"/v2/{ref.repository}/blobs/{digest}"
 
-        async def attempt(endpoint: _Endpoint) -> bool:
+        async def attempt(endpoint: Endpoint) -> bool:
             async with self._open(endpoint, "HEAD", self._url(endpoint, path), _IDENTITY) as resp:
                 if resp.status_code == 200:
                     return True
@@ -650,9 +648,8 @@ class RegistryClient:
                     return False
                 await self._raise_for_status(op, endpoint, resp)
 
-        if upstream_only:
-            upstream = self._upstream(ref.registry)
-            return await self._retrying(op, upstream, attempt, self.retry, bounded=True)
+        if for_push:  # asked of the host the blob would be pushed to
+            return await self._push(ref, op, attempt, bounded=True)
         return await self._pull(ref, op, attempt, bounded=True)
 
     async def push_blob(self, ref: Reference, source: bytes | Path, digest: str, size: int) -> None:
@@ -665,11 +662,11 @@ class RegistryClient:
             actual_size = (await anyio.Path(source).stat()).st_size
             if actual_size != size:
                 raise op.mismatch(f"{source} has {actual_size} bytes, expected {size}")
-        if await self._has_blob(ref, digest, upstream_only=True):
+        if await self._has_blob(ref, digest, for_push=True):
             return
         start_path = f"/v2/{ref.repository}/blobs/uploads/"
 
-        async def attempt(endpoint: _Endpoint) -> None:
+        async def attempt(endpoint: Endpoint) -> None:
             start = self._url(endpoint, start_path)
             async with self._open(endpoint, "POST", start, {"Content-Length": "0"}) as resp:
                 if resp.status_code != 202:
@@ -696,9 +693,9 @@ class RegistryClient:
                 finally:
                     await stream.aclose()
 
-        await self._retrying(op, self._upstream(ref.registry), attempt, self.retry, bounded=False)
+        await self._push(ref, op, attempt, bounded=False)
 
-    async def _check_upload(self, op: _Op, endpoint: _Endpoint, resp: httpx.Response) -> None:
+    async def _check_upload(self, op: _Op, endpoint: Endpoint, resp: httpx.Response) -> None:
         if resp.status_code in (201, 204):
             return
         if resp.status_code == 400:
@@ -710,56 +707,75 @@ class RegistryClient:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _endpoint(self, location: str, mirror_of: str | None = None) -> _Endpoint:
-        if "://" in location:
-            url = httpx.URL(location)
-            return _Endpoint(httpx.URL(scheme=url.scheme, host=url.host, port=url.port), mirror_of)
-        scheme = "http" if location in self._insecure else "https"
-        return _Endpoint(httpx.URL(f"{scheme}://{location}"), mirror_of)
-
-    def _upstream(self, registry: str) -> _Endpoint:
-        host = connect_host(registry)
-        insecure = registry in self._insecure or host in self._insecure
-        return _Endpoint(httpx.URL(f"{'http' if insecure else 'https'}://{host}"))
-
-    def _url(self, endpoint: _Endpoint, path: str) -> httpx.URL:
-        url = endpoint.base.copy_with(path=path)
+    def _url(self, endpoint: Endpoint, path: str) -> httpx.URL:
+        # Paths are written from the standard API root, /v2; a host may have another.
+        url = endpoint.base.copy_with(path=endpoint.root + path.removeprefix("/v2"))
         if endpoint.mirror_of:
             url = url.copy_merge_params({"ns": endpoint.mirror_of})
         return url
+
+    @staticmethod
+    def _op_at(op: _Op, endpoint: Endpoint) -> _Op:
+        """``op`` as done on ``endpoint``: another host than the registry is named in errors."""
+        return op if endpoint.mirror_of is None else _Op(endpoint.host, op.repository, op.what)
 
     async def _pull(
         self,
         ref: Reference,
         op: _Op,
-        attempt: Callable[[_Endpoint], Awaitable[T]],
+        attempt: Callable[[Endpoint], Awaitable[T]],
         *,
         bounded: bool,
+        need: Capability = Capability.PULL,
         on_retry: Callable[[str], None] | None = None,
     ) -> T:
-        """Run a read-only operation on each mirror once, then on the registry with retries."""
-        for mirror in self._mirrors.get(ref.registry, ()):
-            endpoint = self._endpoint(mirror, mirror_of=ref.registry)
-            mirror_op = _Op(endpoint.host, ref.repository, op.what)
-            once = RetryPolicy(attempts=1, total_timeout=self.retry.total_timeout)
+        """Run a read-only operation on each host that may do it, in order: once on each but
+        the last (the mirrors), then on the last with retries."""
+        route = await self._router.route(ref.registry)
+        endpoints = [endpoint for endpoint in route.endpoints if need in endpoint.capabilities]
+        if not endpoints:
+            what = (need.name or "").lower()
+            raise op.error(RegistryError, f"no host of the registry may {what}{route.source}")
+        *mirrors, last = endpoints
+        once = RetryPolicy(attempts=1, total_timeout=self.retry.total_timeout)
+        for endpoint in mirrors:
             try:
-                return await self._retrying(mirror_op, endpoint, attempt, once, bounded=bounded)
+                return await self._retrying(
+                    self._op_at(op, endpoint), endpoint, attempt, once, bounded=bounded
+                )
             except RegistryError as exc:
                 log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
         return await self._retrying(
-            op,
-            self._upstream(ref.registry),
+            self._op_at(op, last),
+            last,
             attempt,
             self.retry,
             bounded=bounded,
             on_retry=on_retry,
         )
 
+    async def _push(
+        self,
+        ref: Reference,
+        op: _Op,
+        attempt: Callable[[Endpoint], Awaitable[T]],
+        *,
+        bounded: bool,
+    ) -> T:
+        """Run a write (or the check before one) on the first host that may push."""
+        route = await self._router.route(ref.registry)
+        for endpoint in route.endpoints:
+            if Capability.PUSH in endpoint.capabilities:
+                return await self._retrying(
+                    self._op_at(op, endpoint), endpoint, attempt, self.retry, bounded=bounded
+                )
+        raise op.error(RegistryError, f"no host of the registry may push{route.source}")
+
     async def _retrying(
         self,
         op: _Op,
-        endpoint: _Endpoint,
-        attempt: Callable[[_Endpoint], Awaitable[T]],
+        endpoint: Endpoint,
+        attempt: Callable[[Endpoint], Awaitable[T]],
         policy: RetryPolicy,
         *,
         bounded: bool,
@@ -795,8 +811,15 @@ class RegistryClient:
                     raise op.error(RegistryError, str(exc)) from None
                 except _Retryable as exc:
                     cause, retry_after, last = exc.cause, exc.retry_after, exc
-                except httpx.TransportError as exc:
+                # httpcore passes a TLS alert received while reading on as the SSLError itself.
+                except (httpx.TransportError, ssl.SSLError) as exc:
+                    refusal = certificate_refusal(endpoint.host, exc)
+                    if refusal is not None:
+                        raise op.error(TLSError, refusal) from exc
                     if await self._speaks_plain_http(endpoint, exc):
+                        if endpoint.plain_fallback:
+                            endpoint = self._router.plain_http(endpoint)
+                            continue
                         raise op.error(
                             PlainHTTPError,
                             f"{endpoint.host} speaks plain http, not https; "
@@ -827,7 +850,7 @@ class RegistryClient:
             f"in {state.elapsed:.1f} s)",
         ) from last
 
-    async def _speaks_plain_http(self, endpoint: _Endpoint, exc: httpx.TransportError) -> bool:
+    async def _speaks_plain_http(self, endpoint: Endpoint, exc: Exception) -> bool:
         """Whether a failed TLS handshake was answered by a plain-http server.
 
         No retry can mend that, so one plain GET /v2/ settles it: any HTTP answer means the
@@ -836,16 +859,16 @@ class RegistryClient:
         """
         if endpoint.base.scheme != "https" or not isinstance(exc, httpx.ConnectError):
             return False
-        if not _tls_handshake_failure(exc):
+        if not tls_handshake_failure(exc):
             return False
-        probe = endpoint.base.copy_with(scheme="http", path="/v2/")
+        probe = endpoint.base.copy_with(scheme="http", path=f"{endpoint.root}/")
         try:
             await self._http.get(probe, timeout=_PLAIN_HTTP_PROBE_TIMEOUT)
         except httpx.HTTPError:
             return False
         return True
 
-    async def _refresh(self, endpoint: _Endpoint, op: _Op, version: int) -> bool:
+    async def _refresh(self, endpoint: Endpoint, op: _Op, version: int) -> bool:
         changed = await self.credentials.refresh(endpoint.host, op.repository or None, version)
         if changed:
             log.info("credentials for %s/%s changed; trying again", endpoint.host, op.repository)
@@ -854,7 +877,7 @@ class RegistryClient:
     @asynccontextmanager
     async def _open(
         self,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         method: str,
         url: httpx.URL,
         headers: Mapping[str, str],
@@ -864,22 +887,29 @@ class RegistryClient:
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the streamed response, following redirects by hand.
 
-        Credentials go only to the endpoint's own host: a redirect to object storage is
-        sent without Authorization (presigned URLs refuse it). Other headers, Range
-        included, are kept.
+        Credentials, and the headers the endpoint's hosts.toml adds, go only to the endpoint's
+        own host: a redirect to object storage is sent without Authorization (presigned URLs
+        refuse it). Other headers, Range included, are kept. Redirects are followed with the
+        endpoint's TLS settings, as containerd does.
         """
+        http = endpoint.http or self._http
         response: httpx.Response | None = None
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                auth = self._auth if url.netloc == endpoint.base.netloc else None
-                request = self._http.build_request(
+                own = url.netloc == endpoint.base.netloc
+                sent: Mapping[str, str] | httpx.Headers = headers
+                if own and endpoint.headers:
+                    sent = httpx.Headers(list(endpoint.headers))
+                    sent.update(headers)
+                request = http.build_request(
                     method,
                     url,
-                    headers=headers,
+                    headers=sent,
                     content=content,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
-                response = await self._http.send(request, auth=auth, stream=True)
+                auth = self._auth if own else None
+                response = await http.send(request, auth=auth, stream=True)
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECT_STATUSES or not location:
                     break
@@ -904,7 +934,7 @@ class RegistryClient:
             return b""
 
     async def _raise_for_status(
-        self, op: _Op, endpoint: _Endpoint, response: httpx.Response
+        self, op: _Op, endpoint: Endpoint, response: httpx.Response
     ) -> NoReturn:
         status = response.status_code
         detail = error_detail(await self._error_body(response)) or response.reason_phrase

@@ -293,6 +293,41 @@ def test_api_server_address_reaches_both_pods(helm: Helm) -> None:
     }
 
 
+def test_the_nodes_registry_configuration_reaches_the_agent(helm: Helm) -> None:
+    """containerd's certs.d, read-only at the node's own path; another path, or none."""
+    pod = _one(manifests(helm.template(NAMESPACE)), "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert _env(agent)["LAZYIMAGE_REGISTRY_CONFIG"] == "/etc/containerd/certs.d"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["registry-config"] == {
+        "name": "registry-config",
+        "mountPath": "/etc/containerd/certs.d",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["registry-config"]["hostPath"] == {
+        "path": "/etc/containerd/certs.d",
+        "type": "DirectoryOrCreate",
+    }
+
+    moved = helm.template(NAMESPACE, "--set", "agent.registryConfig=/etc/k3s/certs.d")
+    pod = _one(manifests(moved), "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert _env(agent)["LAZYIMAGE_REGISTRY_CONFIG"] == "/etc/k3s/certs.d"
+    assert {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}["registry-config"] == (
+        "/etc/k3s/certs.d"
+    )
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["registry-config"]["hostPath"]["path"] == "/etc/k3s/certs.d"
+
+    off = helm.template(NAMESPACE, "--set", "agent.registryConfig=")
+    pod = _one(manifests(off), "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert "LAZYIMAGE_REGISTRY_CONFIG" not in _env(agent)
+    assert "registry-config" not in {m["name"] for m in agent["volumeMounts"]}
+    assert "registry-config" not in {v["name"] for v in pod["volumes"]}
+
+
 def test_the_fuse_holder_outlives_the_agents_pod(helm: Helm) -> None:
     """By default the holder leaves the pod's cgroups (hostPID, the host's cgroup tree), so
     agents are upgraded in place; without it, none of that."""
@@ -382,6 +417,7 @@ def test_package_holds_the_crds(helm: Helm, tmp_path: Path) -> None:
         ("runtimeClass.name=Not_A_Name", "runtimeClass"),
         ("apiServer.port=70000", "port"),
         ("apiServer.address=10.0.0.1", "address"),
+        ("agent.registryConfig=etc/certs.d", "registryConfig"),  # not an absolute path
     ],
 )
 def test_values_schema_refuses(helm: Helm, setting: str, complaint: str) -> None:

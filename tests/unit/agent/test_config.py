@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lazyimage import names
 from lazyimage.agent.config import parse_config
 
 pytestmark = pytest.mark.timeout(30)
@@ -121,3 +122,35 @@ def test_a_bad_flag_is_refused(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert complaint in err, err
+
+
+def test_the_registry_config_is_containerds_when_the_node_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs_d = tmp_path / "certs.d"
+    monkeypatch.setattr(names, "DEFAULT_REGISTRY_CONFIG", str(certs_d))
+    assert parse_config([], {}).registry_config is None
+    certs_d.mkdir()
+    assert parse_config([], {}).registry_config == certs_d
+    other = tmp_path / "other"
+    other.mkdir()
+    assert parse_config([], {"LAZYIMAGE_REGISTRY_CONFIG": str(other)}).registry_config == other
+    assert parse_config(["--registry-config", str(other)], {}).registry_config == other
+    # An empty flag turns it off; an empty variable counts as unset.
+    assert parse_config(["--registry-config", ""], {}).registry_config is None
+    assert parse_config([], {"LAZYIMAGE_REGISTRY_CONFIG": ""}).registry_config == certs_d
+
+
+def test_a_registry_config_that_is_not_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--registry-config", str(missing)], {})
+    assert exited.value.code == 2
+    assert f"--registry-config: {missing} is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        parse_config([], {"LAZYIMAGE_REGISTRY_CONFIG": str(missing)})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"LAZYIMAGE_REGISTRY_CONFIG='{missing}': {missing} is not a directory" in err

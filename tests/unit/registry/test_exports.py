@@ -17,6 +17,7 @@ def test_exports() -> None:
         "Keychain",
         "Reference",
         "RegistryClient",
+        "RegistryHosts",
         "ResolvedImage",
         "RetryPolicy",
         "parse_content_range",
