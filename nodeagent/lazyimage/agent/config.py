@@ -219,8 +219,9 @@ def build_parser(env: envflags.EnvDefaults) -> argparse.ArgumentParser:
         type=Path,
         default=_path(env.text("LAZYIMAGE_KUBECONFIG")),
         metavar="FILE",
-        help="API server credentials for --node-name; default: the pod's service account, "
-        "else $KUBECONFIG (LAZYIMAGE_KUBECONFIG)",
+        help="API server credentials for --node-name; default: the files of $KUBECONFIG "
+        "(merged, as kubectl does), else the pod's service account, else ~/.kube/config "
+        "(LAZYIMAGE_KUBECONFIG)",
     )
     parser.add_argument(
         "--report-interval",
