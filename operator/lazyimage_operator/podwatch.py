@@ -6,9 +6,10 @@ pod; each event costs a JSON parse and the prewarm check, with no framework in b
 is the latency-critical path: from binding to the order on the node's LazyImageNode.
 
 One pod's event never ends the watch: whatever its handling raises is logged and counted, and
-the watch goes on. The watch itself ends only on an error it cannot retry (a 403, say); the
-operator runs it under a ``Supervisor``, which starts it again (listing every bound pending pod
-anew, so nothing is missed) and fails the liveness probe if it keeps failing.
+the watch goes on. The watch itself ends on an error it cannot retry, or after
+``WATCH_PATIENCE`` failures in a row of one it can (a 403 until RBAC is granted, the API server
+down); the operator runs it under a ``Supervisor``, which starts it again (listing every bound
+pending pod anew, so nothing is missed) and fails the liveness probe if it keeps failing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ __all__ = ["BOUND_PENDING", "PODS", "PodSource", "follow_bound_pods"]
 
 PODS = ResourcePath("", "v1", "pods")
 BOUND_PENDING = "spec.nodeName!=,status.phase=Pending"
+# Failures in a row (with the client's backoff, about 20 s) after which the watch ends and the
+# supervisor counts it: so a watch that cannot work shows in the probe, not only in the log.
+WATCH_PATIENCE = 5
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,11 @@ class PodSource(Protocol):
     """Where pod events come from: ``lazyimage.kube.KubeClient``, or a test's fake."""
 
     def watch_collection(
-        self, path: ResourcePath, *, field_selector: str | None = None
+        self,
+        path: ResourcePath,
+        *,
+        field_selector: str | None = None,
+        max_failures: int | None = None,
     ) -> AsyncGenerator[WatchEvent, None]: ...
 
 
@@ -87,7 +95,9 @@ async def follow_bound_pods(
     failure: Exception | None = None
     async with anyio.create_task_group() as group:
         try:
-            events = source.watch_collection(PODS, field_selector=BOUND_PENDING)
+            events = source.watch_collection(
+                PODS, field_selector=BOUND_PENDING, max_failures=WATCH_PATIENCE
+            )
             async with contextlib.aclosing(events):
                 async for event in events:
                     request = _request_of(event)

@@ -207,11 +207,22 @@ class KubeClient:
         return follow_object(self, path, name, backoff=self._backoff)
 
     def watch_collection(
-        self, path: ResourcePath, *, field_selector: str | None = None
+        self,
+        path: ResourcePath,
+        *,
+        field_selector: str | None = None,
+        max_failures: int | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Every object of the collection (as ADDED), then each change, resuming and listing
-        again like ``watch_object``. Close it with ``contextlib.aclosing``."""
-        return follow_collection(self, path, field_selector=field_selector, backoff=self._backoff)
+        again like ``watch_object``; with ``max_failures``, that many failures in a row (a
+        403, the server gone) raise the last one. Close it with ``contextlib.aclosing``."""
+        return follow_collection(
+            self,
+            path,
+            field_selector=field_selector,
+            backoff=self._backoff,
+            max_failures=max_failures,
+        )
 
     # -- plumbing --------------------------------------------------------------------------
 

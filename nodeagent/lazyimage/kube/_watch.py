@@ -147,11 +147,14 @@ async def _follow(
     where: str,
     backoff: Backoff,
     timeout_seconds: int,
+    max_failures: int | None = None,
 ) -> AsyncGenerator[_Listed | WatchEvent, None]:
     """List, then watch from the list's resourceVersion; when a watch ends, watch again from
     the last resourceVersion seen (bookmarks included), and when that is too old (410 Gone),
-    list again. Failures are retried with ``backoff`` for ever; only errors that waiting
-    cannot fix (400, 422, ...) are raised. Bookmarks are not passed on."""
+    list again. Failures are retried with ``backoff``; errors that waiting cannot fix (400,
+    422, ...) are raised at once, and the others once ``max_failures`` come in a row (None:
+    never, for a watch that must outwait, say, a CRD not installed yet). Bookmarks are not
+    passed on."""
     version: str | None = None  # the resourceVersion to watch from; None: list first
     failures = 0  # reset only by a watch that worked, so a list-then-fail cycle backs off
     while True:
@@ -189,9 +192,9 @@ async def _follow(
             if failures == 1:
                 continue  # routine after a long quiet spell: list again at once
         except KubeError as exc:
-            if not _retryable(exc):
-                raise
             failures += 1
+            if not _retryable(exc) or (max_failures is not None and failures >= max_failures):
+                raise
             log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
         await anyio.sleep(backoff.delay(failures))
 
@@ -230,14 +233,15 @@ async def follow_collection(
     field_selector: str | None = None,
     backoff: Backoff = Backoff(),
     timeout_seconds: int = 300,
+    max_failures: int | None = None,
 ) -> AsyncGenerator[WatchEvent, None]:
     """Every object of a collection, then every change: a list answer's items come as ADDED
     events, then the watch's events, until the caller stops iterating. After a new list,
     objects may come again (handlers must be idempotent), and deletions that happened while
-    no watch ran are not reported.
+    no watch ran are not reported. ``max_failures``: as for ``_follow``.
     """
     where = f"watch {path.collection()}"
-    follow = _follow(source, path, field_selector, where, backoff, timeout_seconds)
+    follow = _follow(source, path, field_selector, where, backoff, timeout_seconds, max_failures)
     async with aclosing(follow):
         async for news in follow:
             if isinstance(news, _Listed):

@@ -341,6 +341,32 @@ async def test_connection_and_server_errors_are_retried() -> None:
     assert server.kinds() == ["list", "list", "list", "list", "watch@10", "watch@10"]
 
 
+async def test_a_collection_watch_with_max_failures_gives_up_after_that_many() -> None:
+    """A 403 may be RBAC not granted yet: waited out, but with ``max_failures`` the third in
+    a row is raised; a success between failures starts the count again."""
+    forbidden = _status(403, "Forbidden", "pods is forbidden")
+    server = ScriptedApiserver(
+        httpx.Response(403, json=forbidden),
+        httpx.Response(403, json=forbidden),
+        _listing("10", _node("5")),
+        _stream(_line("MODIFIED", _node("6"))),
+        httpx.Response(403, json=forbidden),
+        httpx.Response(403, json=forbidden),
+        httpx.Response(403, json=forbidden),
+        _listing("99"),  # never reached
+    )
+    seen: list[str | None] = []
+    with anyio.fail_after(10), pytest.raises(KubeError) as caught:
+        async with _client(server) as client:
+            events = client.watch_collection(NODES, max_failures=3)
+            async with aclosing(events) as it:
+                async for event in it:
+                    seen.append(_version(event.object))
+    assert caught.value.status == 403
+    assert seen == ["5", "6"]
+    assert server.kinds() == ["list", "list", "list", "watch@10", "watch@6", "watch@6", "watch@6"]
+
+
 async def test_errors_that_waiting_cannot_fix_are_raised() -> None:
     server = ScriptedApiserver(
         httpx.Response(400, json=_status(400, "BadRequest", "unable to parse fieldSelector")),

@@ -12,7 +12,7 @@ from lazyimage import names
 from lazyimage.kube import KubeError, ResourcePath, WatchEvent
 from lazyimage_operator import metrics
 from lazyimage_operator.pods import PrewarmRequest
-from lazyimage_operator.podwatch import BOUND_PENDING, follow_bound_pods
+from lazyimage_operator.podwatch import BOUND_PENDING, WATCH_PATIENCE, follow_bound_pods
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -41,11 +41,17 @@ class FakeSource:
         self.events = events
         self.then = then
         self.selectors: list[str | None] = []
+        self.patience: list[int | None] = []
 
     async def watch_collection(
-        self, path: ResourcePath, *, field_selector: str | None = None
+        self,
+        path: ResourcePath,
+        *,
+        field_selector: str | None = None,
+        max_failures: int | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         self.selectors.append(field_selector)
+        self.patience.append(max_failures)
         for event in self.events:
             yield event
         if self.then is not None:
@@ -80,6 +86,7 @@ async def test_a_failing_event_is_counted_and_the_watch_goes_on() -> None:
     assert sorted(handled) == ["ns/first", "ns/last"]
     assert _errors() - before == 2
     assert source.selectors == [BOUND_PENDING]
+    assert source.patience == [WATCH_PATIENCE]  # a watch that cannot work ends, and counts
 
 
 async def test_a_failure_of_the_watch_itself_ends_it_for_the_supervisor() -> None:
