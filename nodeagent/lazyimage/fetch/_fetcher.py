@@ -212,6 +212,7 @@ class LayerFetcher:
             if data is not None and len(data) == want:
                 metrics.CACHE_HITS.labels(self.layer).inc()
                 self.cache_hits += 1
+                self._gate_now().touched(priority)
                 self._cover(member_of(chunk))
                 if priority is Priority.DEMAND and self._unread:
                     self._note_read([chunk])

@@ -101,6 +101,26 @@ async def test_background_waits_for_a_quiet_period_after_demand() -> None:
     assert anyio.current_time() - started == pytest.approx(quiet)
 
 
+async def test_a_read_that_needed_no_fetch_restarts_the_quiet_period() -> None:
+    """Cache hits of a starting container count as demand: a fill waits for them too."""
+    gate = PriorityGate()
+    quiet = 0.3
+    with gate.active(Priority.DEMAND):
+        await anyio.sleep(0.01)
+
+    async def hits() -> None:
+        for _ in range(3):
+            await anyio.sleep(0.2)
+            gate.touched(Priority.DEMAND)
+
+    started = anyio.current_time()
+    async with anyio.create_task_group() as group:
+        group.start_soon(hits)
+        await gate.wait_turn(Priority.BACKGROUND, quiet)
+    # The last hit came 0.6 s in; the fill went on a quiet period after it.
+    assert anyio.current_time() - started == pytest.approx(0.6 + quiet)
+
+
 async def test_shared_gate_is_one_per_event_loop() -> None:
     assert shared_gate() is shared_gate()
 
