@@ -162,6 +162,8 @@ class ChartInstall:
             "operator.statusInterval": "1",
             "agent.holderCgroup": self.holder_cgroup,
             "agent.criSocket": str(self.node.containerd.socket),
+            # An empty one of the test's own: the chart would mount (and create) the host's.
+            "agent.registryConfig": str(self.run_dir.parent / "registry-config"),
             **self.overrides,
         }
         return [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
