@@ -88,10 +88,16 @@ class RefusedUntilFixed:
         self.fixed = False
 
     def watch_collection(
-        self, path: ResourcePath, *, field_selector: str | None = None
+        self,
+        path: ResourcePath,
+        *,
+        field_selector: str | None = None,
+        max_failures: int | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         selector = field_selector if self.fixed else "spec.noSuchField=x"
-        return self.client.watch_collection(path, field_selector=selector)
+        return self.client.watch_collection(
+            path, field_selector=selector, max_failures=max_failures
+        )
 
 
 @pytest.mark.anyio
