@@ -4,6 +4,7 @@ start, and answers the read that was waiting, with the right bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -31,12 +32,25 @@ def _temp_files(cache: Path) -> list[Path]:
     return list((cache / "sha256").glob("*/.tmp-*"))
 
 
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has stopped: SIGSTOP takes effect a moment after
+    kill() returns, and a writer thread may rename its temp file in that moment."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state not in ("T", "t"):
+                return False
+    return True
+
+
 def _kill_mid_write(agent: AgentProcess, cache: Path) -> Path:
     """SIGKILL the agent while a chunk's temp file is on disk: stop it, look, go on if
     there is none. Returns the temp file left behind."""
     pid = agent.proc.pid
     while True:
         os.kill(pid, signal.SIGSTOP)
+        while not _stopped(pid):
+            time.sleep(0.001)
         temps = _temp_files(cache)
         if temps:
             agent.kill()
