@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,8 @@ __all__ = [
     "PREWARMED",
     "REFERENCE",
     "SIDES",
+    "TARGETS",
+    "Target",
     "print_tables",
     "summarize",
     "targets",
@@ -31,11 +34,31 @@ PREWARMED = "lazyimage, prewarmed"
 ON_DISK = "on disk"
 SIDES = (OVERLAYFS, REFERENCE, LAZYIMAGE, PREWARMED, ON_DISK)
 
-# docs/targets.md: what each comparison should reach.
+
+@dataclass(frozen=True)
+class Target:
+    """One comparison of docs/targets.md: ``side`` against ``base`` on ``metric`` (a figure
+    where less is better). ``goal`` is the least base/side ratio that meets it: 2.0 means
+    twice as fast, 1/1.5 means at most 1.5 times the base's figure. ``workloads``: the
+    workloads it applies to, all if empty."""
+
+    label: str
+    base: str
+    side: str
+    goal: float
+    metric: str = "median_s"
+    workloads: tuple[str, ...] = ()
+
+
+# The small-working-set images, where lazy pulling should win outright.
+_STARTUP_WORKLOADS = ("python", "numpy")
 TARGETS = (
-    ("lazyimage vs overlayfs", OVERLAYFS, LAZYIMAGE, 4.0, "faster, at least"),
-    ("lazyimage vs reference", REFERENCE, LAZYIMAGE, 1.2, "faster, at least"),
-    ("prewarmed vs on disk", ON_DISK, PREWARMED, 1 / 1.2, "within 1.2x"),
+    Target("lazyimage vs overlayfs", OVERLAYFS, LAZYIMAGE, 4.0, workloads=_STARTUP_WORKLOADS),
+    # A start that reads most of a large layer: never slower than pulling it whole.
+    Target("lazyimage vs overlayfs", OVERLAYFS, LAZYIMAGE, 1.0, workloads=("dataset",)),
+    Target("lazyimage vs reference", REFERENCE, LAZYIMAGE, 1.2),
+    Target("prewarmed vs on disk", ON_DISK, PREWARMED, 1 / 1.2),
+    Target("lazyimage peak RSS vs reference", REFERENCE, LAZYIMAGE, 1 / 1.5, "peak_rss_bytes"),
 )
 
 
@@ -83,33 +106,39 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Sequence[SampleLik
     return summary
 
 
-def targets(figures: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each target of docs/targets.md this link's figures can answer: the speedup, and whether met.
-    ``speedup`` is the base's median over the side's (2.0: the side takes half the time)."""
+def targets(workload: str, figures: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of docs/targets.md this workload's figures on one link can answer: the
+    ratio (``speedup``: the base's figure over the side's, 2.0 when the side takes half the
+    time), and whether it is met."""
     found = []
-    for label, base, side, goal, wording in TARGETS:
-        if base in figures and side in figures and figures[side]["median_s"] > 0:
-            speedup = figures[base]["median_s"] / figures[side]["median_s"]
+    for target in TARGETS:
+        if target.workloads and workload not in target.workloads:
+            continue
+        base, side = figures.get(target.base, {}), figures.get(target.side, {})
+        if base.get(target.metric, 0) > 0 and side.get(target.metric, 0) > 0:
+            speedup = base[target.metric] / side[target.metric]
             found.append(
                 {
-                    "target": label,
+                    "target": target.label,
                     "speedup": speedup,
-                    "goal": goal,
-                    "wording": wording,
-                    "met": speedup >= goal,
+                    "goal": target.goal,
+                    "metric": target.metric,
+                    "met": speedup >= target.goal,
                 }
             )
     return found
 
 
 def _target_text(target: Mapping[str, Any]) -> str:
+    what = "the time" if target.get("metric", "median_s") == "median_s" else "the memory"
     if target["goal"] < 1:
-        value = f"{1 / target['speedup']:.2f}x the time"
+        value = f"{1 / target['speedup']:.2f}x {what}"
+        goal = f"{1 / target['goal']:.1f}x {what} at most"
+    elif target["goal"] == 1:
+        value = f"{target['speedup']:.2f}x faster"
+        goal = "no slower"
     else:
         value = f"{target['speedup']:.2f}x faster"
-    if target["goal"] < 1:
-        goal = f"{1 / target['goal']:.1f}x the time at most"
-    else:
         goal = f"{target['goal']:.1f}x faster"
     return f"{target['target']}: {value} (target {goal}) {'MET' if target['met'] else 'NOT MET'}"
 
@@ -166,7 +195,7 @@ def print_tables(summary: Summary, runs: int) -> None:
                 _HEADER,
                 _rows(figures),
             )
-            for target in targets(figures):
+            for target in targets(workload, figures):
                 print(f"  {_target_text(target)}", flush=True)
             print_table("", _STEP_HEADER, _step_rows(figures))
 
@@ -198,7 +227,7 @@ def _markdown(summary: Summary, report: Mapping[str, Any]) -> str:
             lines.append("|" + "|".join("---" for _ in _HEADER) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in _rows(figures)]
             lines.append("")
-            lines += [f"- {_target_text(t)}" for t in targets(figures)]
+            lines += [f"- {_target_text(t)}" for t in targets(workload, figures)]
             lines.append("")
             lines.append("| " + " | ".join(_STEP_HEADER) + " |")
             lines.append("|" + "|".join("---" for _ in _STEP_HEADER) + "|")
