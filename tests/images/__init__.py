@@ -18,8 +18,6 @@ from tests.images.builder import (
 )
 from tests.images.recipes import (
     BUSYBOX,
-    DATASET_PROBE_CODE,
-    DATASET_PROBE_OUTPUT,
     NUMPY,
     NUMPY_PROBE_CODE,
     NUMPY_PROBE_OUTPUT,
@@ -34,8 +32,6 @@ from tests.images.recipes import (
 
 __all__ = [
     "BUSYBOX",
-    "DATASET_PROBE_CODE",
-    "DATASET_PROBE_OUTPUT",
     "IMAGE_TAG",
     "NUMPY",
     "NUMPY_PROBE_CODE",

@@ -40,8 +40,6 @@ from typing import Any
 
 __all__ = [
     "BUSYBOX",
-    "DATASET_PROBE_CODE",
-    "DATASET_PROBE_OUTPUT",
     "NUMPY",
     "NUMPY_PROBE_CODE",
     "NUMPY_PROBE_OUTPUT",
@@ -80,17 +78,6 @@ PYTHON_PROBE_OUTPUT = '{"subject": "lazyimage", "ok": true}'
 # Run as `python3 -c NUMPY_PROBE_CODE` in the numpy image.
 NUMPY_PROBE_CODE = "import numpy; print(int(numpy.arange(1000).sum()), numpy.__version__ > '1')"
 NUMPY_PROBE_OUTPUT = "499500 True"
-
-# A model-loading start: reads 5 of the numpy image's 8 dataset shards (640 MiB) whole.
-DATASET_PROBE_CODE = """\
-n = 0
-for shard in range(5):
-    with open(f"/opt/dataset/shard-{shard:02}.bin", "rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            n += len(chunk)
-print(n)
-"""
-DATASET_PROBE_OUTPUT = str(5 * 128 * MiB)
 
 
 @dataclass(frozen=True)
