@@ -6,7 +6,10 @@ import json
 import re
 from dataclasses import dataclass
 
-__all__ = ["ContentRange", "error_detail", "media_type_of", "parse_content_range"]
+__all__ = ["IDENTITY", "ContentRange", "error_detail", "media_type_of", "parse_content_range"]
+
+# Asks for a body as stored: digests are over those bytes.
+IDENTITY = {"Accept-Encoding": "identity"}
 
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
