@@ -21,7 +21,7 @@ from lazyimage.registry._hostsdir import RegistryHosts
 from lazyimage.registry._http import ContentRange, parse_content_range
 from lazyimage.registry._keychain import Credentials, DockerConfigFile, Keychain
 from lazyimage.registry._reference import Reference
-from lazyimage.registry._retry import RetryPolicy
+from lazyimage.retry import RetryPolicy
 
 __all__ = [
     "Challenge",

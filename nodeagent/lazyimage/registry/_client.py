@@ -31,9 +31,9 @@ from lazyimage.registry._manifests import (
 )
 from lazyimage.registry._ranges import Ranges
 from lazyimage.registry._reference import Reference
-from lazyimage.registry._retry import RetryPolicy
 from lazyimage.registry._runner import Runner
 from lazyimage.registry._uploads import Uploads
+from lazyimage.retry import RetryPolicy
 
 __all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage"]
 

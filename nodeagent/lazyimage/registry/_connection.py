@@ -23,8 +23,7 @@ from lazyimage.registry._bodies import error_body
 from lazyimage.registry._credentials import CredentialStore
 from lazyimage.registry._errors import Fatal, Op, Retryable
 from lazyimage.registry._hostsdir import RegistryHosts
-from lazyimage.registry._http import error_detail
-from lazyimage.registry._retry import parse_retry_after
+from lazyimage.registry._http import error_detail, parse_retry_after
 from lazyimage.registry._routes import Endpoint, Router
 from lazyimage.registry._tls import tls_handshake_failure
 

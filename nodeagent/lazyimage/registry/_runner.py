@@ -24,9 +24,9 @@ from lazyimage.registry._connection import Connection
 from lazyimage.registry._errors import Fatal, Op, Retryable, describe
 from lazyimage.registry._hostsfile import Capability
 from lazyimage.registry._reference import Reference
-from lazyimage.registry._retry import RetryPolicy, RetryState
 from lazyimage.registry._routes import Endpoint
 from lazyimage.registry._tls import certificate_refusal
+from lazyimage.retry import RetryPolicy, RetryState
 
 __all__ = ["Attempt", "Runner"]
 
@@ -48,6 +48,17 @@ class Runner:
     def __init__(self, connection: Connection, policy: RetryPolicy) -> None:
         self.connection = connection
         self.policy = policy
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: RetryPolicy) -> None:
+        # An operation's cost is bounded by its policy: a registry call must give up.
+        if not policy.bounded:
+            raise ValueError("a registry RetryPolicy needs a limit of attempts and a total_timeout")
+        self._policy = policy
 
     async def pull(
         self,
