@@ -90,8 +90,8 @@ class RetryState:
         self._start = clock()
         self._deadline = deadline
         self.attempt = 1
-        # Set when the next attempt could not start in time (rather than the count was spent).
-        self.out_of_time = False
+        # Set when the deadline, rather than the policy, left no time for another attempt.
+        self.past_deadline = False
 
     @property
     def elapsed(self) -> float:
@@ -120,7 +120,9 @@ class RetryState:
         else:
             delay = self.policy.delay(self.attempt, self._rand)
         if delay >= self.remaining:
-            self.out_of_time = True
+            self.past_deadline = self._deadline is not None and (
+                delay >= self._deadline - self._clock()
+            )
             return None
         self.attempt += 1
         return delay

@@ -31,7 +31,7 @@ from lazyimage.registry._manifests import (
 )
 from lazyimage.registry._ranges import Ranges
 from lazyimage.registry._reference import Reference
-from lazyimage.registry._runner import Runner
+from lazyimage.registry._runner import CallBound, Runner
 from lazyimage.registry._uploads import Uploads
 from lazyimage.retry import RetryPolicy
 
@@ -160,6 +160,7 @@ class RegistryClient:
         on_retry: Callable[[str], None] | None = None,
         on_progress: Callable[[], None] | None = None,
         on_attempt: Callable[[], None] | None = None,
+        deadline: float | None = None,
     ) -> bytes:
         """Exactly the bytes ``[offset, offset + length)`` of a blob.
 
@@ -172,6 +173,11 @@ class RegistryClient:
         much rather than the client's whole timeout. ``on_retry`` is called with the cause
         before each retry, ``on_attempt`` as each attempt starts, ``on_progress`` when an
         answer's headers and each piece of its body arrive.
+
+        ``deadline`` is an absolute time on anyio's clock (``anyio.current_time()``): no
+        attempt starts after it, the attempt in flight is cancelled at it, and the call then
+        raises UnavailableError (as when its retries are spent) naming the last failure and
+        the number of attempts. ``read_bound`` says what a call may cost.
         """
         return await self._ranges.read(
             ref,
@@ -182,7 +188,15 @@ class RegistryClient:
             on_retry=on_retry,
             on_progress=on_progress,
             on_attempt=on_attempt,
+            deadline=deadline,
         )
+
+    @property
+    def read_bound(self) -> CallBound:
+        """What one ``read_range`` call may cost under the current policy: how many attempts
+        (and how redirects, mirrors and tokens count), and how long past its deadline it may
+        return. See CallBound."""
+        return self._runner.bound
 
     async def blob_size(self, ref: Reference, digest: str) -> int:
         """A blob's size: HEAD, or ``GET Range: bytes=0-0`` where HEAD gives no length."""

@@ -50,6 +50,7 @@ class Ranges:
         on_retry: Callable[[str], None] | None,
         on_progress: Callable[[], None] | None,
         on_attempt: Callable[[], None] | None,
+        deadline: float | None,
     ) -> bytes:
         """Exactly the bytes ``[offset, offset + length)`` of a blob (see
         RegistryClient.read_range)."""
@@ -93,7 +94,9 @@ class Ranges:
                     self._remember(key, resp.url)
                 return await self._take(op, endpoint, resp, offset, length, on_progress)
 
-        return await self._runner.pull(ref, op, attempt, bounded=True, on_retry=on_retry)
+        return await self._runner.pull(
+            ref, op, attempt, bounded=True, on_retry=on_retry, deadline=deadline
+        )
 
     def _remember(self, key: _Key, url: httpx.URL) -> None:
         self._locations[key] = url

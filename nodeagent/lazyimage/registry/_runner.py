@@ -6,13 +6,20 @@ registry's server with retries under the RetryPolicy. ``Runner.push`` runs a wri
 host that may push. Between attempts it backs off; it reads refused credentials again once,
 resends a one-shot body once after authenticating, and switches a host to plain http when it
 answers a TLS handshake in plain http (only a hosts.toml ``http://`` host with TLS settings).
+
+A pull may also have a caller's ``deadline`` (on anyio's clock): no attempt starts after it,
+the attempt in flight is cancelled at it, and the call then fails as when its retries are
+spent (UnavailableError), naming the last failure and the attempts made. ``CallBound`` says
+what a call may cost.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -20,7 +27,7 @@ import httpx
 
 from lazyimage.errors import AuthError, PlainHTTPError, RegistryError, TLSError, UnavailableError
 from lazyimage.registry._auth import ReplayRequired
-from lazyimage.registry._connection import Connection
+from lazyimage.registry._connection import CLOSE_TIMEOUT, Connection
 from lazyimage.registry._errors import Fatal, Op, Retryable, describe
 from lazyimage.registry._hostsfile import Capability
 from lazyimage.registry._reference import Reference
@@ -28,13 +35,75 @@ from lazyimage.registry._routes import Endpoint
 from lazyimage.registry._tls import certificate_refusal
 from lazyimage.retry import RetryPolicy, RetryState
 
-__all__ = ["Attempt", "Runner"]
+__all__ = ["Attempt", "CallBound", "Runner"]
 
 log = logging.getLogger("lazyimage.registry")
 
 T = TypeVar("T")
 # One try of an operation on one host.
 Attempt = Callable[[Endpoint], Awaitable[T]]
+
+
+# Attempts a host may take beyond its policy's: one after its refused credentials were read
+# again and changed, one in plain http after it answered a TLS handshake in plain http.
+_EXTRA_ATTEMPTS_PER_HOST = 2
+
+
+@dataclass(frozen=True)
+class CallBound:
+    """What one pull call (a ``read_range``) may cost, whatever its hosts do.
+
+    An attempt is one try of the operation on one host. A call makes at most ``attempts``
+    (the policy's) on the registry's server, and before them one on each mirror; any host
+    may take one more after its refused credentials were read again and changed, and one
+    more in plain http after answering a TLS handshake in plain http (only an ``http://``
+    host of hosts.toml with TLS settings). ``most_attempts`` adds these up.
+
+    Requests: an attempt sends one request to its host, plus those of the auth exchange when
+    no cached token serves (per credential candidate, a token request and the resend), plus
+    each redirect it follows (at most 5); a range read whose blob redirected before first
+    sends one request to the remembered target (and its redirects), and asks the host only if
+    that target refuses. Token and redirect requests are not attempts: a failure among them
+    fails the attempt.
+
+    Time: a call with a deadline returns (data or an error) no later than ``margin`` seconds
+    after it: cancelling the attempt in flight only waits for its response to close, and
+    that closing is cut off after ``margin``. Without a deadline, each host's attempts are cut
+    off ``total_timeout`` after its first.
+    """
+
+    attempts: int
+    margin: float = CLOSE_TIMEOUT
+
+    def most_attempts(self, mirrors: int = 0) -> int:
+        """The most attempts of a call to a registry with ``mirrors`` mirrors."""
+        hosts = mirrors + 1
+        return self.attempts + mirrors + hosts * _EXTRA_ATTEMPTS_PER_HOST
+
+
+class _Tally:
+    """The attempts of one call, across its hosts, and its last failure."""
+
+    def __init__(self) -> None:
+        self.started = anyio.current_time()
+        self.attempts = 0
+        self.in_flight = False
+        self.cause = "none"
+
+    def past_deadline(self, op: Op, last: BaseException | None = None) -> RegistryError:
+        if self.in_flight:
+            when = f"deadline reached during attempt {self.attempts}"
+        else:
+            when = f"deadline reached before attempt {self.attempts + 1} could start"
+        count = self.attempts
+        elapsed = anyio.current_time() - self.started
+        error = op.error(
+            UnavailableError,
+            f"{when}; last failure: {self.cause} (gave up after {count} "
+            f"attempt{'' if count == 1 else 's'} in {elapsed:.1f} s)",
+        )
+        error.__cause__ = last
+        return error
 
 
 def _op_at(op: Op, endpoint: Endpoint) -> Op:
@@ -69,9 +138,33 @@ class Runner:
         bounded: bool,
         need: Capability = Capability.PULL,
         on_retry: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> T:
         """Run a read-only operation on each host that may do it, in order: once on each but
-        the last (the mirrors), then on the last with retries."""
+        the last (the mirrors), then on the last with retries; all before ``deadline``."""
+        tally = _Tally()
+        with anyio.move_on_at(math.inf if deadline is None else deadline):
+            return await self._pull(ref, op, attempt, bounded, need, on_retry, deadline, tally)
+        # Only a deadline ends the block without a return or an error.
+        raise tally.past_deadline(op)
+
+    @property
+    def bound(self) -> CallBound:
+        """What one pull call may cost under the current policy."""
+        assert self.policy.attempts is not None  # a registry policy is bounded
+        return CallBound(self.policy.attempts)
+
+    async def _pull(
+        self,
+        ref: Reference,
+        op: Op,
+        attempt: Attempt[T],
+        bounded: bool,
+        need: Capability,
+        on_retry: Callable[[str], None] | None,
+        deadline: float | None,
+        tally: _Tally,
+    ) -> T:
         route = await self.connection.router.route(ref.registry)
         endpoints = [endpoint for endpoint in route.endpoints if need in endpoint.capabilities]
         if not endpoints:
@@ -82,12 +175,13 @@ class Runner:
         for endpoint in mirrors:
             try:
                 return await self._retrying(
-                    _op_at(op, endpoint), endpoint, attempt, once, bounded=bounded
+                    _op_at(op, endpoint), endpoint, attempt, once, bounded, None, deadline, tally
                 )
             except RegistryError as exc:
+                tally.cause = str(exc)
                 log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
         return await self._retrying(
-            _op_at(op, last), last, attempt, self.policy, bounded=bounded, on_retry=on_retry
+            _op_at(op, last), last, attempt, self.policy, bounded, on_retry, deadline, tally
         )
 
     async def push(self, ref: Reference, op: Op, attempt: Attempt[T], *, bounded: bool) -> T:
@@ -96,7 +190,7 @@ class Runner:
         for endpoint in route.endpoints:
             if Capability.PUSH in endpoint.capabilities:
                 return await self._retrying(
-                    _op_at(op, endpoint), endpoint, attempt, self.policy, bounded=bounded
+                    _op_at(op, endpoint), endpoint, attempt, self.policy, bounded
                 )
         raise op.error(RegistryError, f"no host of the registry may push{route.source}")
 
@@ -106,22 +200,28 @@ class Runner:
         endpoint: Endpoint,
         attempt: Attempt[T],
         policy: RetryPolicy,
-        *,
         bounded: bool,
         on_retry: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+        tally: _Tally | None = None,
     ) -> T:
-        """Attempts under ``policy``. With ``bounded`` the whole operation is also cut off at
-        ``total_timeout``; without (whole-blob transfers, whose time grows with their size)
-        only new attempts stop then."""
+        """Attempts under ``policy``, none started after ``deadline``. With ``bounded`` the
+        whole operation is also cut off at ``total_timeout``; without (whole-blob transfers,
+        whose time grows with their size) only new attempts stop then."""
         connection = self.connection
+        tally = tally if tally is not None else _Tally()
         # The event loop's clock, the one the deadline and the backoff sleeps use.
-        state = RetryState(policy, clock=anyio.current_time)
+        state = RetryState(policy, clock=anyio.current_time, deadline=deadline)
         cause = "none"
         last: BaseException | None = None
         replayed = refreshed = False
-        with anyio.move_on_after(policy.total_timeout if bounded else None) as deadline:
+        with anyio.move_on_after(policy.total_timeout if bounded else None) as timeout:
             while True:
+                if deadline is not None and anyio.current_time() >= deadline:
+                    raise tally.past_deadline(op, last)
                 version = connection.credentials.version
+                tally.attempts += 1
+                tally.in_flight = True
                 try:
                     return await attempt(endpoint)
                 except AuthError:
@@ -158,8 +258,12 @@ class Runner:
                     cause, retry_after, last = describe(exc), None, exc
                 except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
                     raise op.error(RegistryError, describe(exc)) from exc
+                tally.in_flight = False
+                tally.cause = cause
                 delay = state.next_delay(retry_after)
                 if delay is None:
+                    if state.past_deadline:
+                        raise tally.past_deadline(op, last)
                     break
                 if on_retry is not None:
                     on_retry(cause)
@@ -172,7 +276,7 @@ class Runner:
                 )
                 await anyio.sleep(delay)
         attempts = state.attempt
-        if deadline.cancelled_caught:
+        if timeout.cancelled_caught:
             cause = f"no answer within {policy.total_timeout:g} s; last failure: {cause}"
         raise op.error(
             UnavailableError,

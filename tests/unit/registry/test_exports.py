@@ -8,6 +8,7 @@ import lazyimage.registry as registry
 def test_exports() -> None:
     assert registry.__all__ == sorted(registry.__all__)
     assert set(registry.__all__) == {
+        "CallBound",
         "Challenge",
         "ContentRange",
         "CredentialStore",

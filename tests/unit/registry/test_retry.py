@@ -123,4 +123,12 @@ def test_state_starts_no_attempt_after_the_deadline() -> None:
     clock.now += 1.0
     # A third retry would start at 3.0 s, past the deadline at 2.5 s.
     assert state.next_delay() is None
-    assert state.out_of_time and state.attempt == 3
+    assert state.past_deadline and state.attempt == 3
+
+
+def test_state_without_a_deadline_is_never_past_it() -> None:
+    clock = FakeClock()
+    state = RetryState(RetryPolicy(total_timeout=1.0, jitter=False), clock=clock)
+    clock.now += 0.9
+    assert state.next_delay() is None
+    assert not state.past_deadline
