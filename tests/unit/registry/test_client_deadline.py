@@ -188,3 +188,26 @@ def test_the_bound_adds_up() -> None:
     # a switch to plain http).
     assert bound.most_attempts() == 7
     assert bound.most_attempts(mirrors=2) == 5 + 2 + 3 * 2
+
+
+class _Unclosable(httpx.AsyncByteStream):
+    """A body that never comes, and whose closing never ends either."""
+
+    async def __aiter__(self) -> Any:
+        await anyio.sleep_forever()
+        yield b""
+
+    async def aclose(self) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_the_call_returns_within_the_margin_even_if_closing_hangs() -> None:
+    def answer(n: int, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(206, stream=_Unclosable(), headers={"Content-Range": "bytes 0-9/100"})
+
+    registry = Registry(answer)
+    async with registry.client() as client:
+        with pytest.raises(UnavailableError, match="during attempt 1"):
+            await client.read_range(REF, DIGEST, 0, 10, deadline=anyio.current_time() + 1.0)
+        margin = client.read_bound.margin
+    assert registry.elapsed == pytest.approx(1.0 + margin)
