@@ -89,6 +89,7 @@ class _Tally:
         self.attempts = 0
         self.in_flight = False
         self.cause = "none"
+        self.raised: RegistryError | None = None  # the deadline's error, once made
 
     def past_deadline(self, op: Op, last: BaseException | None = None) -> RegistryError:
         if self.in_flight:
@@ -103,6 +104,7 @@ class _Tally:
             f"attempt{'' if count == 1 else 's'} in {elapsed:.1f} s)",
         )
         error.__cause__ = last
+        self.raised = error
         return error
 
 
@@ -178,7 +180,11 @@ class Runner:
                     _op_at(op, endpoint), endpoint, attempt, once, bounded, None, deadline, tally
                 )
             except RegistryError as exc:
+                if exc is tally.raised:
+                    raise
                 tally.cause = str(exc)
+                if deadline is not None and anyio.current_time() >= deadline:
+                    raise tally.past_deadline(op, exc) from exc
                 log.info("mirror %s failed, trying the next host: %s", endpoint.host, exc)
         return await self._retrying(
             _op_at(op, last), last, attempt, self.policy, bounded, on_retry, deadline, tally

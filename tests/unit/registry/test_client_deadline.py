@@ -126,6 +126,16 @@ async def test_no_attempt_starts_after_a_deadline_already_past() -> None:
     assert registry.times == []
 
 
+async def test_a_deadline_already_past_tries_no_mirror_either() -> None:
+    registry = Registry(lambda n, request: _range(request))
+    async with registry.client(mirrors={"r.example": ["mirror.test"]}) as client:
+        with pytest.raises(UnavailableError) as caught:
+            await client.read_range(REF, DIGEST, 0, 10, deadline=anyio.current_time())
+    assert registry.times == []
+    message = str(caught.value)
+    assert message.count("deadline reached") == 1 and "last failure: none" in message
+
+
 async def test_the_deadline_covers_the_mirrors_too() -> None:
     # The mirror fails, then the registry never answers: the one deadline spans both.
     registry = Registry(
