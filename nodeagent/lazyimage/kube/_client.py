@@ -23,12 +23,13 @@ from lazyimage.kube._errors import KubeError, response_error, transport_error
 from lazyimage.kube._resource import ResourcePath
 from lazyimage.kube._tls import ssl_context
 from lazyimage.kube._watch import (
-    Backoff,
+    WATCH_RETRY,
     WatchEvent,
     follow_collection,
     follow_object,
     read_events,
 )
+from lazyimage.retry import RetryPolicy
 
 __all__ = ["KubeClient"]
 
@@ -49,9 +50,10 @@ class KubeClient:
     """A Kubernetes API client. Use as ``async with KubeClient(config) as client``.
 
     ``timeout`` bounds each connect, read and write. ``transport`` replaces the network
-    (``httpx.MockTransport`` in tests). ``backoff`` is (first, cap) in seconds between the
-    failed attempts of ``watch_object``. At most ``max_requests`` requests (watches aside)
-    are in flight; the rest wait their turn here, where waiting is cheap.
+    (``httpx.MockTransport`` in tests). ``retry`` spaces the failures in a row of the watches
+    and, with ``attempts``, ends a watch after that many (the default, ``WATCH_RETRY``, never
+    does: 0.5 s doubling up to 10 s). At most ``max_requests`` requests (watches aside) are in
+    flight; the rest wait their turn here, where waiting is cheap.
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class KubeClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        backoff: tuple[float, float] = (0.5, 10.0),
+        retry: RetryPolicy = WATCH_RETRY,
         max_requests: int = 16,
     ) -> None:
         self.config = config
@@ -70,7 +72,7 @@ class KubeClient:
         self._requests = anyio.Semaphore(max_requests)
         connections = max_requests + _WATCH_CONNECTIONS
         self._timeout = timeout
-        self._backoff = Backoff(*backoff)
+        self._retry = retry
         # kubeconfig's tls-server-name: the name to send in SNI and to check the cert against.
         self._extensions = (
             {"sni_hostname": config.tls_server_name} if config.tls_server_name else None
@@ -204,7 +206,7 @@ class KubeClient:
         again after 410 Gone, and retries connection and server errors with capped backoff,
         for as long as the caller iterates. Close it with ``contextlib.aclosing``.
         """
-        return follow_object(self, path, name, backoff=self._backoff)
+        return follow_object(self, path, name, retry=self._retry)
 
     def watch_collection(
         self,
@@ -220,7 +222,7 @@ class KubeClient:
             self,
             path,
             field_selector=field_selector,
-            backoff=self._backoff,
+            retry=self._retry,
             max_failures=max_failures,
         )
 

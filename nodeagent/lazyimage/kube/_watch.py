@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
 
 from lazyimage.kube._errors import GoneError, KubeError, status_error
 from lazyimage.kube._resource import ResourcePath
+from lazyimage.retry import RetryPolicy
 
-__all__ = ["Backoff", "WatchEvent", "WatchSource", "follow_object", "parse_event", "read_events"]
+__all__ = [
+    "WATCH_RETRY",
+    "WatchEvent",
+    "WatchSource",
+    "follow_collection",
+    "follow_object",
+    "parse_event",
+    "read_events",
+]
 
 log = logging.getLogger("lazyimage.kube")
 
@@ -87,19 +95,12 @@ async def read_events(
         yield event
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential delays between failed attempts, drawn from [delay/2, delay] so that
-    many agents that lost the apiserver together do not all come back at once."""
-
-    first: float = 0.5
-    cap: float = 10.0
-
-    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
-        """The pause after ``failures`` failures in a row (1 for the first)."""
-        # The exponent is bounded so that a long outage cannot overflow the float.
-        nominal = min(self.cap, self.first * 2.0 ** min(max(failures - 1, 0), 60))
-        return max(min(self.first, nominal), nominal * (0.5 + rand() / 2))
+# How a watch retries: for as long as it is followed, pausing 0.5 s after the first failure
+# and doubling up to 10 s, drawn from [delay/2, delay] but never below 0.5 s, so that many
+# agents that lost the apiserver together do not all come back at once.
+WATCH_RETRY = RetryPolicy(
+    attempts=None, base_delay=0.5, max_delay=10.0, min_delay=0.5, total_timeout=None
+)
 
 
 class WatchSource(Protocol):
@@ -145,16 +146,16 @@ async def _follow(
     path: ResourcePath,
     field_selector: str | None,
     where: str,
-    backoff: Backoff,
+    retry: RetryPolicy,
     timeout_seconds: int,
-    max_failures: int | None = None,
 ) -> AsyncGenerator[_Listed | WatchEvent, None]:
     """List, then watch from the list's resourceVersion; when a watch ends, watch again from
     the last resourceVersion seen (bookmarks included), and when that is too old (410 Gone),
-    list again. Failures are retried with ``backoff``; errors that waiting cannot fix (400,
-    422, ...) are raised at once, and the others once ``max_failures`` come in a row (None:
-    never, for a watch that must outwait, say, a CRD not installed yet). Bookmarks are not
-    passed on."""
+    list again. Failures are retried after ``retry.delay(n)`` for the n-th in a row; errors
+    that waiting cannot fix (400, 422, ...) are raised at once, and the others once
+    ``retry.attempts`` come in a row (None: never, for a watch that must outwait, say, a CRD
+    not installed yet). ``retry.total_timeout`` is not used: a watch has no end. Bookmarks
+    are not passed on."""
     version: str | None = None  # the resourceVersion to watch from; None: list first
     failures = 0  # reset only by a watch that worked, so a list-then-fail cycle backs off
     while True:
@@ -193,10 +194,11 @@ async def _follow(
                 continue  # routine after a long quiet spell: list again at once
         except KubeError as exc:
             failures += 1
-            if not _retryable(exc) or (max_failures is not None and failures >= max_failures):
+            spent = retry.attempts is not None and failures >= retry.attempts
+            if not _retryable(exc) or spent:
                 raise
             log.warning("%s failed (%d in a row), retrying: %s", where, failures, exc)
-        await anyio.sleep(backoff.delay(failures))
+        await anyio.sleep(retry.delay(failures))
 
 
 async def follow_object(
@@ -204,7 +206,7 @@ async def follow_object(
     path: ResourcePath,
     name: str,
     *,
-    backoff: Backoff = Backoff(),
+    retry: RetryPolicy = WATCH_RETRY,
     timeout_seconds: int = 300,
 ) -> AsyncGenerator[dict[str, Any] | None, None]:
     """The states of the object ``name``: its current one (None when absent), then each new
@@ -213,7 +215,7 @@ async def follow_object(
     """
     where = f"watch {path.item(name)}"
     shown: object = _UNSEEN  # the resourceVersion of the last state yielded; None: absent
-    follow = _follow(source, path, f"metadata.name={name}", where, backoff, timeout_seconds)
+    follow = _follow(source, path, f"metadata.name={name}", where, retry, timeout_seconds)
     async with aclosing(follow):
         async for news in follow:
             if isinstance(news, _Listed):
@@ -231,17 +233,20 @@ async def follow_collection(
     path: ResourcePath,
     *,
     field_selector: str | None = None,
-    backoff: Backoff = Backoff(),
+    retry: RetryPolicy = WATCH_RETRY,
     timeout_seconds: int = 300,
     max_failures: int | None = None,
 ) -> AsyncGenerator[WatchEvent, None]:
     """Every object of a collection, then every change: a list answer's items come as ADDED
     events, then the watch's events, until the caller stops iterating. After a new list,
     objects may come again (handlers must be idempotent), and deletions that happened while
-    no watch ran are not reported. ``max_failures``: as for ``_follow``.
+    no watch ran are not reported. ``max_failures``, if given, replaces ``retry.attempts``:
+    that many failures in a row raise the last one.
     """
     where = f"watch {path.collection()}"
-    follow = _follow(source, path, field_selector, where, backoff, timeout_seconds, max_failures)
+    if max_failures is not None:
+        retry = replace(retry, attempts=max_failures)
+    follow = _follow(source, path, field_selector, where, retry, timeout_seconds)
     async with aclosing(follow):
         async for news in follow:
             if isinstance(news, _Listed):

@@ -3,6 +3,8 @@
 One RegistryClient (an async context manager) holds one connection pool, one token cache and
 the redirect targets of blobs; share it between tasks. Its CredentialStore keeps the node's
 credentials host-wide and every other source's scoped to the repositories it was granted for.
+``RegistryClient.read_bound`` (a ``CallBound``) says what one range read may cost: attempts,
+and time past its deadline.
 Every failure is a ``lazyimage.errors.RegistryError`` naming the registry, repository and what
 was asked, or a ``VerificationError`` for bytes that do not match their digest.
 
@@ -21,9 +23,11 @@ from lazyimage.registry._hostsdir import RegistryHosts
 from lazyimage.registry._http import ContentRange, parse_content_range
 from lazyimage.registry._keychain import Credentials, DockerConfigFile, Keychain
 from lazyimage.registry._reference import Reference
-from lazyimage.registry._retry import RetryPolicy
+from lazyimage.registry._runner import CallBound
+from lazyimage.retry import RetryPolicy
 
 __all__ = [
+    "CallBound",
     "Challenge",
     "ContentRange",
     "CredentialStore",

@@ -1,12 +1,24 @@
-"""Small HTTP helpers with no I/O: Content-Range, media types and registry error bodies."""
+"""Small HTTP helpers with no I/O: Content-Range, Retry-After, media types and error bodies."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
+import time
 from dataclasses import dataclass
 
-__all__ = ["ContentRange", "error_detail", "media_type_of", "parse_content_range"]
+__all__ = [
+    "IDENTITY",
+    "ContentRange",
+    "error_detail",
+    "media_type_of",
+    "parse_content_range",
+    "parse_retry_after",
+]
+
+# Asks for a body as stored: digests are over those bytes.
+IDENTITY = {"Accept-Encoding": "identity"}
 
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -58,3 +70,20 @@ def error_detail(body: bytes) -> str:
     except (ValueError, KeyError, TypeError, AttributeError):
         text = body[:200].decode("utf-8", "replace").strip()
         return " ".join(text.split())
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)

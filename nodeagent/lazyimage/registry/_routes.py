@@ -100,7 +100,10 @@ class Router:
             return route
         loaded = None
         if self._hosts is not None:
-            loaded = await anyio.to_thread.run_sync(self._hosts.lookup, registry)
+            # A caller's deadline does not wait for the files: the thread is left to finish.
+            loaded = await anyio.to_thread.run_sync(
+                self._hosts.lookup, registry, abandon_on_cancel=True
+            )
         if route is not None and route.loaded is loaded:
             route = replace(route, checked=now)
         else:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from lazyimage.errors import UnavailableError, VerificationError
 from lazyimage.oci import sha256_digest
@@ -215,6 +216,38 @@ async def test_stalled_operation_is_cut_at_the_total_timeout(proxy: FaultProxy) 
             await client.get_manifest(ref)
     # Nothing but the total timeout could end this read, and not before it was due.
     assert time.monotonic() - started >= 1.0
+    assert [r.fault for r in proxy.requests] == ["stall"]
+
+
+async def test_a_deadline_stops_the_retries_of_a_range_read(proxy: FaultProxy) -> None:
+    ref = Reference.parse(f"{proxy.host}/retry/deadline:1")
+    digest = sha256_digest(b"never served")
+    proxy.add(Fault.status(500), path="/blobs/", times=None)
+    # Left alone, this policy would retry for 30 s; attempts are at least 0.1 s apart.
+    policy = RetryPolicy(attempts=1000, base_delay=0.1, max_delay=0.1, total_timeout=30.0)
+    async with _client(proxy, policy) as client:
+        deadline = anyio.current_time() + 1.0
+        with pytest.raises(UnavailableError) as caught:
+            await client.read_range(ref, digest, 0, 10, deadline=deadline)
+        assert anyio.current_time() >= deadline - 0.1  # it stopped only for want of time
+    # No attempt started after the deadline: with jittered delays of 0.05-0.1 s, 20 at most.
+    assert 1 <= len(proxy.requests) <= 20
+    message = str(caught.value)
+    assert "HTTP 500" in message and "deadline reached before attempt" in message
+    assert f"{len(proxy.requests)} attempts" in message
+
+
+async def test_a_deadline_cancels_a_stalled_range_read(proxy: FaultProxy) -> None:
+    ref = Reference.parse(f"{proxy.host}/retry/deadline-stall:1")
+    digest = sha256_digest(b"never served")
+    proxy.add(Fault.stall(math.inf), path="/blobs/", times=None)
+    policy = RetryPolicy(attempts=5, base_delay=0.01, total_timeout=600.0)
+    async with _client(proxy, policy, timeout=NO_TIMEOUT) as client:
+        deadline = anyio.current_time() + 1.0
+        with pytest.raises(UnavailableError, match="deadline reached during attempt 1"):
+            await client.read_range(ref, digest, 0, 10, deadline=deadline)
+        # Nothing but the deadline could end this read, and not before it was due.
+        assert anyio.current_time() >= deadline
     assert [r.fault for r in proxy.requests] == ["stall"]
 
 

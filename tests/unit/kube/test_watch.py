@@ -21,7 +21,8 @@ from lazyimage.kube import (
     ResourcePath,
     WatchEvent,
 )
-from lazyimage.kube._watch import Backoff, parse_event
+from lazyimage.kube._watch import WATCH_RETRY, parse_event
+from lazyimage.retry import RetryPolicy
 
 from tests.fixtures.kube_exec import kubeconfig_doc
 
@@ -131,7 +132,9 @@ def _client(server: ScriptedApiserver) -> KubeClient:
     return KubeClient(
         KubeConfig.from_dict(kubeconfig_doc("https://kube.test:6443", {"token": TOKEN})),
         transport=httpx.MockTransport(server),
-        backoff=(0.001, 0.004),
+        retry=RetryPolicy(
+            attempts=None, base_delay=0.001, max_delay=0.004, min_delay=0.001, total_timeout=None
+        ),
     )
 
 
@@ -179,12 +182,14 @@ def test_parse_event_errors() -> None:
         parse_event(_line("SURPRISE", {}).decode(), "WATCH", NODE_PATH)
 
 
-def test_backoff_is_capped_and_bounded() -> None:
-    backoff = Backoff()
+def test_watch_retry_is_capped_and_bounded() -> None:
+    backoff = WATCH_RETRY
+    assert backoff.attempts is None and backoff.total_timeout is None  # never gives up
     nominal = [backoff.delay(n, rand=lambda: 1.0) for n in range(1, 8)]
     assert nominal == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff.delay(1, rand=lambda: 0.0) == 0.5  # never below the first delay
-    assert backoff.delay(6, rand=lambda: 0.0) == 5.0  # jitter draws from [cap/2, cap]
+    assert backoff.delay(2, rand=lambda: 0.0) == 0.5  # jitter draws from [delay/2, delay]
+    assert backoff.delay(6, rand=lambda: 0.0) == 5.0
     assert backoff.delay(100_000) <= 10.0  # a long outage does not overflow
 
 

@@ -8,6 +8,7 @@ import lazyimage.registry as registry
 def test_exports() -> None:
     assert registry.__all__ == sorted(registry.__all__)
     assert set(registry.__all__) == {
+        "CallBound",
         "Challenge",
         "ContentRange",
         "CredentialStore",
@@ -24,4 +25,6 @@ def test_exports() -> None:
         "parse_www_authenticate",
     }
     for name in registry.__all__:
-        assert getattr(registry, name).__module__.startswith("lazyimage.registry._")
+        # The retry policy is lazyimage's one, shared with the Kubernetes watches.
+        home = "lazyimage.retry" if name == "RetryPolicy" else "lazyimage.registry._"
+        assert getattr(registry, name).__module__.startswith(home)

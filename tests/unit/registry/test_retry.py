@@ -1,12 +1,13 @@
-"""Backoff schedule, bounds and Retry-After."""
+"""The retry policy (lazyimage.retry): schedule, bounds, deadline; and Retry-After."""
 
 from __future__ import annotations
 
 import email.utils
 
 import pytest
-from lazyimage.registry import RetryPolicy
-from lazyimage.registry._retry import RetryState, parse_retry_after
+from lazyimage.registry import RegistryClient, RetryPolicy
+from lazyimage.registry._http import parse_retry_after
+from lazyimage.retry import RetryState
 
 
 class FakeClock:
@@ -90,3 +91,44 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(date, now=2_000_000.0) == 0.0
     for bad in (None, "", "soon", "-5", "1.5"):
         assert parse_retry_after(bad) is None
+
+
+def test_a_policy_may_have_no_limit_but_a_registry_client_refuses_it() -> None:
+    endless = RetryPolicy(attempts=None, total_timeout=None)
+    assert not endless.bounded and RetryPolicy().bounded
+    with pytest.raises(ValueError, match="no end"):
+        endless.schedule()
+    with pytest.raises(ValueError, match="limit of attempts"):
+        RegistryClient(retry=endless)
+    with pytest.raises(ValueError, match="limit of attempts"):
+        RegistryClient(retry=RetryPolicy(total_timeout=None))
+
+
+def test_jitter_never_goes_below_min_delay() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0, min_delay=1.0)
+    assert policy.delay(1, rand=lambda: 0.0) == 1.0
+    assert policy.delay(3, rand=lambda: 0.0) == 2.0
+    assert policy.delay(3, rand=lambda: 1.0) == 4.0
+    # A floor above the cap is held to the cap.
+    assert RetryPolicy(max_delay=0.5, min_delay=2.0).delay(9, rand=lambda: 0.0) == 0.5
+
+
+def test_state_starts_no_attempt_after_the_deadline() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(attempts=100, base_delay=1.0, max_delay=1.0, jitter=False)
+    state = RetryState(policy, clock=clock, deadline=clock.now + 2.5)
+    assert state.next_delay() == 1.0
+    clock.now += 1.0
+    assert state.next_delay() == 1.0
+    clock.now += 1.0
+    # A third retry would start at 3.0 s, past the deadline at 2.5 s.
+    assert state.next_delay() is None
+    assert state.past_deadline and state.attempt == 3
+
+
+def test_state_without_a_deadline_is_never_past_it() -> None:
+    clock = FakeClock()
+    state = RetryState(RetryPolicy(total_timeout=1.0, jitter=False), clock=clock)
+    clock.now += 0.9
+    assert state.next_delay() is None
+    assert not state.past_deadline
