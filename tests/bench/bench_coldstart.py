@@ -64,6 +64,7 @@ from tests.bench.coldstart_report import LAZYIMAGE, ON_DISK, PREWARMED, REFERENC
 from tests.bench.mounts import remove_mounts
 from tests.bench.reference import StargzReference
 from tests.bench.report import machine_facts
+from tests.bench.runtime import runtime_python
 from tests.bench.shaping import ShapedLink
 from tests.fixtures.agent import AgentProcess
 from tests.fixtures.containerd import ContainerdServer
@@ -154,6 +155,7 @@ class Context:
     pause_image: str
     pause_host: str
     failures: list[str] = field(default_factory=list)
+    python: str = sys.executable  # what the agent runs with
 
     def fail(self, what: str, exc: BaseException) -> None:
         message = f"{what}: {type(exc).__name__}: {exc}"
@@ -274,12 +276,12 @@ def _node(
 
 
 @contextlib.contextmanager
-def _snapshotter(side: str, base: Path, registry: RegistryServer) -> Iterator[Any]:
+def _snapshotter(ctx: Context, side: str, base: Path, registry: RegistryServer) -> Iterator[Any]:
     """The side's snapshotter process (an AgentProcess, a StargzReference), or None."""
     if side in (LAZYIMAGE, PREWARMED):
         # The prewarm pulls through the CRI socket of the node that _node starts next.
         cri = ["--cri-socket", str(ContainerdServer.socket_in(_node_dir(base) / "containerd"))]
-        agent = AgentProcess(base / "agent", [registry.host], extra=cri)
+        agent = AgentProcess(base / "agent", [registry.host], extra=cri, python=ctx.python)
         try:
             yield agent
         finally:
@@ -304,7 +306,7 @@ def measure(
     ref = published.esgz_ref if lazy else published.gzip_ref
     layers = published.esgz_layers if lazy else published.gzip_layers
     registry = published.registry
-    with _snapshotter(side, base, registry) as process:
+    with _snapshotter(ctx, side, base, registry) as process:
         socket: Path | None = None
         root: Path | None = None
         pid = 0
@@ -463,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with RegistryServer(work / "registry") as loopback:
             pause = push_pause_image(ensure_image("busybox"), loopback)
-            ctx = Context(args, work, pause, loopback.host, failures)
+            ctx = Context(args, work, pause, loopback.host, failures, runtime_python())
             report["images"] = _run_all(ctx, loopback, results)
     except Exception as exc:
         failures.append(f"{type(exc).__name__}: {exc}")

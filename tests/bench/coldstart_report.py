@@ -208,7 +208,8 @@ def _markdown(summary: Summary, report: Mapping[str, Any]) -> str:
         f"a fresh containerd 1.6 and snapshotter each run; {report['cpus']} CPUs, "
         f"kernel {report['kernel']}. `vs` columns: how many times faster than that side. "
         "`fetched`: layer bytes the registry served during the run. `peak RSS`: the "
-        "snapshotter process (the agent; the reference's `containerd-stargz-grpc`).",
+        "snapshotter process (the agent, run with its runtime dependencies only, as its image "
+        "has them; the reference's `containerd-stargz-grpc`).",
         "",
     ]
     for workload, links in summary.items():
