@@ -12,7 +12,10 @@ sides, in one run, on the same images and the same links:
   /v1/images``, what it does for the operator's order when a pod is bound to the node): pulled
   through the node's CRI socket, its layers mounted and their priority zones fetched;
 - ``on disk``: overlayfs with the image pulled beforehand: the start of an image already on
-  the node, which prewarm is measured against.
+  the node, which prewarm is measured against;
+- ``reference, no zone`` and ``lazyimage, no zone``: the eStargz conversion without a
+  priority zone, where only the read pattern can tell a snapshotter what comes next
+  (measured on the ``dataset`` workload).
 
 Every side starts as kubelet does with its default pull policy: ImageStatus, then PullImage
 only if the image is not there (the ``pull`` step counts both).
@@ -60,7 +63,16 @@ from lazyimage.oci import Descriptor, Manifest
 from lazyimage.registry import Reference, RegistryClient
 
 from tests.bench import coldstart_report
-from tests.bench.coldstart_report import LAZYIMAGE, ON_DISK, PREWARMED, REFERENCE, SIDES
+from tests.bench.coldstart_report import (
+    LAZYIMAGE,
+    LAZYIMAGE_NO_ZONE,
+    ON_DISK,
+    OVERLAYFS,
+    PREWARMED,
+    REFERENCE,
+    REFERENCE_NO_ZONE,
+    SIDES,
+)
 from tests.bench.mounts import remove_mounts
 from tests.bench.reference import StargzReference
 from tests.bench.report import machine_facts
@@ -99,11 +111,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_STARTUP_SIDES = (OVERLAYFS, REFERENCE, LAZYIMAGE, PREWARMED, ON_DISK)
+
+
 @dataclass(frozen=True)
 class Workload:
     image: str  # a recipe of tests.images
     command: tuple[str, ...]
     output: str  # its first line of output
+    sides: tuple[str, ...] = _STARTUP_SIDES  # what it is measured on, unless --sides says
 
 
 # A model server's start: reads 5 of the numpy image's 8 dataset shards (640 MiB) whole. Kept
@@ -122,7 +138,12 @@ WORKLOADS = {
     "python": Workload("python", ("python3", "-c", PYTHON_PROBE_CODE), PYTHON_PROBE_OUTPUT),
     "numpy": Workload("numpy", ("python3", "-c", NUMPY_PROBE_CODE), NUMPY_PROBE_OUTPUT),
     # Not in the default set: a full pull of 1.1 GB per run on each side.
-    "dataset": Workload("numpy", ("python3", "-c", DATASET_PROBE_CODE), DATASET_PROBE_OUTPUT),
+    "dataset": Workload(
+        "numpy",
+        ("python3", "-c", DATASET_PROBE_CODE),
+        DATASET_PROBE_OUTPUT,
+        (OVERLAYFS, REFERENCE, LAZYIMAGE, REFERENCE_NO_ZONE, LAZYIMAGE_NO_ZONE),
+    ),
 }
 DEFAULT_WORKLOADS = ("python", "numpy")
 
@@ -137,6 +158,8 @@ class Published:
     gzip_layers: list[Descriptor]
     esgz_layers: list[Descriptor]
     priority_zone: int = 0  # bytes, over all layers of the eStargz image
+    nozone_ref: str = ""  # the eStargz conversion without a priority zone
+    nozone_layers: tuple[Descriptor, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +208,11 @@ def _layers(host: str, ref: str) -> list[Descriptor]:
 
 
 def _publish(
-    registry: RegistryServer, gzip_ref: str, esgz_ref: str, priority_zone: int = 0
+    registry: RegistryServer,
+    gzip_ref: str,
+    esgz_ref: str,
+    priority_zone: int = 0,
+    nozone_ref: str = "",
 ) -> Published:
     return Published(
         registry,
@@ -194,6 +221,8 @@ def _publish(
         _layers(registry.host, gzip_ref),
         _layers(registry.host, esgz_ref),
         priority_zone,
+        nozone_ref,
+        tuple(_layers(registry.host, nozone_ref)) if nozone_ref else (),
     )
 
 
@@ -215,7 +244,7 @@ def prepare_images(ctx: Context, name: str, registry: RegistryServer) -> Publish
     _cli("convert", f"{repo}:gzip", f"{repo}:esgz", "--prioritize-from", str(listing), hosts=hosts)
     inspection = json.loads(_cli("inspect", "--json", f"{repo}:esgz", hosts=hosts))
     zone = sum(layer["prefetch_zone"] for layer in inspection["layers"])
-    published = _publish(registry, f"{repo}:gzip", f"{repo}:esgz", zone)
+    published = _publish(registry, f"{repo}:gzip", f"{repo}:esgz", zone, nozone.esgz_ref)
     _say(
         f"{name}: {len(paths)} startup files; converted with them prioritized "
         f"({time.perf_counter() - started:.0f} s in all); eStargz "
@@ -229,10 +258,14 @@ def copy_images(published: Published, target: RegistryServer, name: str) -> Publ
     """The same images in another registry (the one behind the shaped link)."""
     hosts = [published.registry.host, target.host]
     refs = []
-    for ref, tag in ((published.gzip_ref, "gzip"), (published.esgz_ref, "esgz")):
+    for ref, tag in (
+        (published.gzip_ref, "gzip"),
+        (published.esgz_ref, "esgz"),
+        (published.nozone_ref, "esgz-nozone"),
+    ):
         refs.append(f"{target.host}/bench/{name}:{tag}")
         _cli("copy", ref, refs[-1], hosts=hosts)
-    return _publish(target, refs[0], refs[1], published.priority_zone)
+    return _publish(target, refs[0], refs[1], published.priority_zone, refs[2])
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -278,7 +311,7 @@ def _node(
 @contextlib.contextmanager
 def _snapshotter(ctx: Context, side: str, base: Path, registry: RegistryServer) -> Iterator[Any]:
     """The side's snapshotter process (an AgentProcess, a StargzReference), or None."""
-    if side in (LAZYIMAGE, PREWARMED):
+    if side in (LAZYIMAGE, PREWARMED, LAZYIMAGE_NO_ZONE):
         # The prewarm pulls through the CRI socket of the node that _node starts next.
         cri = ["--cri-socket", str(ContainerdServer.socket_in(_node_dir(base) / "containerd"))]
         agent = AgentProcess(base / "agent", [registry.host], extra=cri, python=ctx.python)
@@ -286,7 +319,7 @@ def _snapshotter(ctx: Context, side: str, base: Path, registry: RegistryServer) 
             yield agent
         finally:
             agent.stop()
-    elif side == REFERENCE:
+    elif side in (REFERENCE, REFERENCE_NO_ZONE):
         with StargzReference(
             base / "ref", passthrough=True, insecure_hosts=[registry.host], containerd=False
         ) as reference:
@@ -302,9 +335,12 @@ def _prewarm(agent: AgentProcess, published: Published) -> None:
 def measure(
     ctx: Context, side: str, workload: Workload, published: Published, base: Path
 ) -> Sample:
-    lazy = side in (REFERENCE, LAZYIMAGE, PREWARMED)
-    ref = published.esgz_ref if lazy else published.gzip_ref
-    layers = published.esgz_layers if lazy else published.gzip_layers
+    if side in (REFERENCE_NO_ZONE, LAZYIMAGE_NO_ZONE):
+        ref, layers = published.nozone_ref, list(published.nozone_layers)
+    elif side in (REFERENCE, LAZYIMAGE, PREWARMED):
+        ref, layers = published.esgz_ref, published.esgz_layers
+    else:
+        ref, layers = published.gzip_ref, published.gzip_layers
     registry = published.registry
     with _snapshotter(ctx, side, base, registry) as process:
         socket: Path | None = None
@@ -374,8 +410,8 @@ Results = dict[str, dict[str, dict[str, list[Sample]]]]  # workload -> link -> s
 
 
 def run_link(ctx: Context, link: str, images: dict[str, Published], results: Results) -> None:
-    sides = [s for s in SIDES if s in ctx.args.sides]
     for name, published in images.items():
+        sides = [s for s in SIDES if s in (ctx.args.sides or WORKLOADS[name].sides)]
         by_side = results.setdefault(name, {}).setdefault(link, {s: [] for s in sides})
         for run in range(ctx.args.runs):
             shift = run % len(sides)  # rotate the order, so no side always runs first
@@ -438,7 +474,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--links", nargs="+", choices=[LOOPBACK, "shaped"], default=[LOOPBACK, "shaped"]
     )
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=SIDES,
+        default=None,
+        help="the sides to measure (default: each workload's own)",
+    )
     parser.add_argument("--rate", default="200mbit", help="tbf rate of the shaped link")
     parser.add_argument(
         "--out", type=Path, default=Path("docs/bench"), help="where the table and plot go"
