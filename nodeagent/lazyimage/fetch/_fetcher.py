@@ -38,10 +38,10 @@ from lazyimage.fetch._flights import (
     member_of,
 )
 from lazyimage.fetch._ranges import ByteRange, Span, merge_ranges
-from lazyimage.fetch._scheduler import Priority, PriorityGate, shared_gate
+from lazyimage.fetch._scheduler import Priority, PriorityGate
 from lazyimage.fetch._source import RangeSource
 from lazyimage.fetch._verify import batches, verify_all
-from lazyimage.fetch._writer import CacheWriter, shared_writer
+from lazyimage.fetch._writer import CacheWriter
 
 __all__ = ["LayerFetcher"]
 
@@ -98,10 +98,10 @@ def _describe(chunks: Sequence[Chunk]) -> str:
 class LayerFetcher:
     """Serves verified chunks of one layer blob. One per layer, shared by all its readers.
 
-    ``gate`` orders fetches by priority; by default all fetchers of the event loop share
-    one, so demand on any layer holds back prefetch on every layer. ``bucket`` caps
-    prefetch and background bytes; share one between all layers. ``writer`` runs the cache
-    writes that demand reads do not wait for (default: one pool for the process).
+    The process-wide pieces are given, one of each shared by every layer of the process:
+    ``gate`` orders fetches by priority, so demand on any layer holds back prefetch on every
+    layer; ``bucket`` (optional) caps prefetch and background bytes; ``writer`` runs the
+    cache writes that demand reads do not wait for.
     """
 
     def __init__(
@@ -112,8 +112,8 @@ class LayerFetcher:
         config: FetchConfig = _DEFAULT_CONFIG,
         bucket: TokenBucket | None = None,
         *,
-        gate: PriorityGate | None = None,
-        writer: CacheWriter | None = None,
+        gate: PriorityGate,
+        writer: CacheWriter,
     ) -> None:
         self.source = source
         self.cache = cache
@@ -121,7 +121,7 @@ class LayerFetcher:
         self.config = config
         self.bucket = bucket
         self._gate = gate
-        self._writer = writer if writer is not None else shared_writer()
+        self._writer = writer
         self._resident = cache.read_resident if isinstance(cache, ResidentReads) else None
         self._table = FlightTable()
         self._lock = threading.Lock()  # for state that writer threads touch too
@@ -212,7 +212,7 @@ class LayerFetcher:
             if data is not None and len(data) == want:
                 metrics.CACHE_HITS.labels(self.layer).inc()
                 self.cache_hits += 1
-                self._gate_now().touched(priority)
+                self._gate.touched(priority)
                 self._cover(member_of(chunk))
                 if priority is Priority.DEMAND and self._unread:
                     self._note_read([chunk])
@@ -284,11 +284,6 @@ class LayerFetcher:
     def _check_open(self) -> None:
         if self._closed:
             raise UnavailableError("the layer's fetcher is closed", what=f"layer {self.layer}")
-
-    def _gate_now(self) -> PriorityGate:
-        if self._gate is None:
-            self._gate = shared_gate()
-        return self._gate
 
     async def _gather(
         self,
@@ -429,7 +424,7 @@ class LayerFetcher:
 
     async def _wait_turn(self, priority: Priority, size: int) -> None:
         """Let higher priorities go first, then take ``size`` bytes from the bucket."""
-        gate = self._gate_now()
+        gate = self._gate
         quiet, since = 0.0, -math.inf
         if priority is Priority.BACKGROUND:
             if self._background_since is None:
@@ -485,7 +480,7 @@ class LayerFetcher:
             joined = {m: (d, fs) for m, fs in members.items() if (d := self._table.download_of(m))}
             own = {m: fs for m, fs in members.items() if m not in joined}
             spans = merge_ranges(own, max_gap=self.config.merge_gap, max_size=self.config.max_range)
-            with self._gate_now().active(priority):
+            with self._gate.active(priority):
                 if len(spans) == 1 and not joined:  # a demand miss, usually: no task group
                     [span] = spans
                     parts = {part: own[part] for part in span.parts}

@@ -1,4 +1,7 @@
-"""Priorities, and the gate that makes lower-priority fetches wait for higher ones."""
+"""Priorities, and the gate that makes lower-priority fetches wait for higher ones.
+
+An agent has one PriorityGate, given to every layer's fetcher, so that demand on any layer
+holds back prefetch on every layer."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from enum import IntEnum
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Priority", "PriorityGate", "shared_gate"]
+__all__ = ["Priority", "PriorityGate"]
 
 
 class Priority(IntEnum):
@@ -80,17 +83,3 @@ class PriorityGate:
             if left <= 0:
                 return
             await anyio.sleep(left)
-
-
-_SHARED = anyio.lowlevel.RunVar[PriorityGate]("lazyimage_fetch_gate")
-
-
-def shared_gate() -> PriorityGate:
-    """The gate of the running event loop, shared by every fetcher that was given none, so
-    a demand read on one layer also holds back prefetch on the others."""
-    try:
-        return _SHARED.get()
-    except LookupError:
-        gate = PriorityGate()
-        _SHARED.set(gate)
-        return gate

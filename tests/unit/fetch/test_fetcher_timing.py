@@ -9,7 +9,15 @@ from typing import Any
 import anyio
 import pytest
 from lazyimage.errors import UnavailableError
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate, TokenBucket, _fetcher
+from lazyimage.fetch import (
+    CacheWriter,
+    FetchConfig,
+    LayerFetcher,
+    Priority,
+    PriorityGate,
+    TokenBucket,
+    _fetcher,
+)
 
 from tests.unit.fetch.helpers import DictCache, MemorySource, layer_digest, make_blob
 from tests.unit.virtual_clock import virtual_trio
@@ -27,7 +35,15 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
 def fetcher(
     source: MemorySource, config: FetchConfig, bucket: TokenBucket | None = None
 ) -> LayerFetcher:
-    return LayerFetcher(source, DictCache(), layer_digest(), config, bucket, gate=PriorityGate())
+    return LayerFetcher(
+        source,
+        DictCache(),
+        layer_digest(),
+        config,
+        bucket,
+        gate=PriorityGate(),
+        writer=CacheWriter(),
+    )
 
 
 async def test_demand_deadline_bounds_a_failing_read() -> None:
