@@ -282,9 +282,9 @@ async def test_prefetch_fills_the_cache_in_large_ranges() -> None:
 async def test_prefetch_takes_a_lazy_iterable_a_window_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lazyimage.fetch import _fetcher
+    from lazyimage.fetch import _prefetch
 
-    monkeypatch.setattr(_fetcher, "_PREFETCH_WINDOW", 4)
+    monkeypatch.setattr(_prefetch, "_PREFETCH_WINDOW", 4)
     # 30 small files, three to a gzip member: windows never split a member.
     blob = make_blob([2 * KiB] * 30, per_member=3, seed=9)
     cache = DictCache()

@@ -16,7 +16,7 @@ from lazyimage.fetch import (
     Priority,
     PriorityGate,
     TokenBucket,
-    _fetcher,
+    _requests,
 )
 
 from tests.unit.fetch.helpers import DictCache, MemorySource, layer_digest, make_blob
@@ -77,8 +77,8 @@ async def test_a_hung_request_is_abandoned_and_retried() -> None:
     assert len(source.reads) == 2
     # The watchdog gave up on the hung request at stall_timeout plus the time its length
     # may take at the minimum rate, and the retry followed after one backoff.
-    limit = 0.3 + source.reads[0][1] / _fetcher._MIN_RATE
-    assert limit <= elapsed <= limit + _fetcher._RETRY_BASE_DELAY
+    limit = 0.3 + source.reads[0][1] / _requests._MIN_RATE
+    assert limit <= elapsed <= limit + _requests._RETRY_BASE_DELAY
 
 
 async def test_bucket_caps_prefetch_bandwidth() -> None:
