@@ -23,7 +23,15 @@ from lazyimage.agent.mountbook import BookedLayer, MountBook
 from lazyimage.agent.preload import Preloader
 from lazyimage.cache import ChunkCache, StoredTOC, TOCStore
 from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, RegistrySource, TokenBucket
+from lazyimage.fetch import (
+    CacheWriter,
+    FetchConfig,
+    LayerFetcher,
+    Priority,
+    PriorityGate,
+    RegistrySource,
+    TokenBucket,
+)
 from lazyimage.fusefs import LayerFilesystem
 from lazyimage.layer import (
     ROOT,
@@ -127,6 +135,8 @@ class LayerManager:
         cache: ChunkCache,
         nursery: trio.Nursery,
         *,
+        gate: PriorityGate,
+        writer: CacheWriter,
         fetch_config: FetchConfig | None = None,
         bucket: TokenBucket | None = None,
         background_fill: bool = True,
@@ -139,6 +149,10 @@ class LayerManager:
         self._nursery = nursery
         self._config = fetch_config or FetchConfig()
         self._bucket = bucket
+        # One gate and one writer for every layer: demand on any layer holds back prefetch
+        # on all of them, and one pool writes the cache.
+        self._gate = gate
+        self._writer = writer
         self._background = background_fill
         self._tocs = tocs
         self._book = book
@@ -396,7 +410,7 @@ class LayerManager:
             stored.blob_size,
             stall_timeout=self._config.stall_timeout,
         )
-        fetcher = LayerFetcher(source, self._cache, spec.digest, self._config, self._bucket)
+        fetcher = self._fetcher(source, spec.digest)
         return _Opened(fetcher, tree, stored.blob_size)
 
     async def _open_remote(self, spec: LayerSpec) -> _Opened:
@@ -424,8 +438,19 @@ class LayerManager:
         if self._tocs is not None:
             stored = StoredTOC(loader.toc_offset, blob_end)
             await trio.to_thread.run_sync(self._tocs.put, spec.digest, stored)
-        fetcher = LayerFetcher(source, self._cache, spec.digest, self._config, self._bucket)
+        fetcher = self._fetcher(source, spec.digest)
         return _Opened(fetcher, tree, size)
+
+    def _fetcher(self, source: RegistrySource, digest: str) -> LayerFetcher:
+        return LayerFetcher(
+            source,
+            self._cache,
+            digest,
+            self._config,
+            self._bucket,
+            gate=self._gate,
+            writer=self._writer,
+        )
 
     async def _prefetch_layer(self, layer: MountedLayer, background: bool) -> None:
         try:

@@ -30,7 +30,7 @@ from lazyimage.agent.profiles import ProfileBook
 from lazyimage.agent.pullsecrets import PullSecrets, dockerconfigjson
 from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache, TOCStore
-from lazyimage.fetch import FetchConfig, TokenBucket
+from lazyimage.fetch import CacheWriter, FetchConfig, PriorityGate, TokenBucket
 from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.kube import KubeClient, KubeConfig, NotFoundError, ResourcePath
 from lazyimage.logs import configure_logging
@@ -57,7 +57,12 @@ async def serve(config: AgentConfig) -> None:
     credentials = CredentialStore(DockerConfigFile(config.docker_config))
     cache = await trio.to_thread.run_sync(ChunkCache, config.cache_dir, config.cache_size)
     fs = LayerFilesystem()
+    # One of each for the process, shared by every layer's fetcher: the gate lets demand on
+    # any layer hold back prefetch on all of them, the bucket caps their prefetch bandwidth,
+    # and the writer's threads do the cache writes that readers do not wait for.
+    gate = PriorityGate()
     bucket = TokenBucket(config.prefetch_bandwidth or None, burst=4 << 20)
+    writer = CacheWriter()
     fetch_config = FetchConfig(
         stall_timeout=config.stall_timeout, background_quiet=config.background_quiet
     )
@@ -85,6 +90,8 @@ async def serve(config: AgentConfig) -> None:
                 client,
                 cache,
                 nursery,
+                gate=gate,
+                writer=writer,
                 fetch_config=fetch_config,
                 bucket=bucket,
                 background_fill=config.background_fill,

@@ -1,4 +1,8 @@
-"""Priorities, and the gate that makes lower-priority fetches wait for higher ones."""
+"""Priorities, the gate that makes lower-priority fetches wait for higher ones, and each
+layer's pacer through that gate and the bandwidth bucket.
+
+An agent has one PriorityGate, given to every layer's fetcher, so that demand on any layer
+holds back prefetch on every layer."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from enum import IntEnum
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Priority", "PriorityGate", "shared_gate"]
+from lazyimage.fetch._bandwidth import TokenBucket
+
+__all__ = ["Pacer", "Priority", "PriorityGate"]
 
 
 class Priority(IntEnum):
@@ -82,15 +88,28 @@ class PriorityGate:
             await anyio.sleep(left)
 
 
-_SHARED = anyio.lowlevel.RunVar[PriorityGate]("lazyimage_fetch_gate")
+class Pacer:
+    """When one layer's prefetch or background fill may fetch: after higher priorities of
+    every layer went idle (background fill: and stayed quiet ``background_quiet`` seconds),
+    and after the bucket allowed the bytes. Demand never waits here."""
 
+    def __init__(
+        self, gate: PriorityGate, bucket: TokenBucket | None, background_quiet: float
+    ) -> None:
+        self.gate = gate
+        self._bucket = bucket
+        self._background_quiet = background_quiet
+        self._background_since: float | None = None  # when background fill first asked
 
-def shared_gate() -> PriorityGate:
-    """The gate of the running event loop, shared by every fetcher that was given none, so
-    a demand read on one layer also holds back prefetch on the others."""
-    try:
-        return _SHARED.get()
-    except LookupError:
-        gate = PriorityGate()
-        _SHARED.set(gate)
-        return gate
+    async def wait_turn(self, priority: Priority, size: int) -> None:
+        """Let higher priorities go first, then take ``size`` bytes from the bucket."""
+        quiet, since = 0.0, -math.inf
+        if priority is Priority.BACKGROUND:
+            if self._background_since is None:
+                self._background_since = anyio.current_time()
+            quiet, since = self._background_quiet, self._background_since
+        await self.gate.wait_turn(priority, quiet, since)
+        if self._bucket is not None and size:
+            await self._bucket.take(size)
+            # Demand may have arrived while the bucket refilled.
+            await self.gate.wait_turn(priority, quiet, since)

@@ -2,8 +2,9 @@
 
 A cache put syncs a file to disk, which takes milliseconds; an on-demand reader already has
 its verified bytes and should not pay for that. Such puts go to a small thread pool shared
-by all layers. When too many bytes are waiting to be written, callers wait for their own
-put instead, so memory stays bounded.
+by all layers (the agent makes one CacheWriter and gives it to every fetcher). When too many
+bytes are waiting to be written, callers wait for their own put instead, so memory stays
+bounded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-__all__ = ["BACKLOG_LIMIT", "CacheWriter", "shared_writer"]
+__all__ = ["BACKLOG_LIMIT", "CacheWriter"]
 
 BACKLOG_LIMIT = 64 << 20
 _WORKERS = 2
@@ -44,15 +45,3 @@ class CacheWriter:
                     self._backlog -= size
 
         return self._pool.submit(run)
-
-
-_SHARED: CacheWriter | None = None
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_writer() -> CacheWriter:
-    global _SHARED
-    with _SHARED_LOCK:
-        if _SHARED is None:
-            _SHARED = CacheWriter()
-        return _SHARED

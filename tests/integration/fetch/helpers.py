@@ -13,7 +13,14 @@ from pathlib import Path
 from lazyimage import estargz, metrics
 from lazyimage.cache import ChunkCache
 from lazyimage.estargz import TOC, Chunk
-from lazyimage.fetch import FetchConfig, LayerFetcher, PriorityGate, RegistrySource, TokenBucket
+from lazyimage.fetch import (
+    CacheWriter,
+    FetchConfig,
+    LayerFetcher,
+    PriorityGate,
+    RegistrySource,
+    TokenBucket,
+)
 from lazyimage.oci import sha256_digest
 from lazyimage.registry import Reference, RegistryClient, RetryPolicy
 
@@ -116,7 +123,9 @@ def layer_fetcher(
         client, ref, layer.digest, layer.size, stall_timeout=config.stall_timeout
     )
     with ChunkCache(cache_dir, 1 << 30) as cache:
-        fetcher = LayerFetcher(source, cache, layer.digest, config, bucket, gate=PriorityGate())
+        fetcher = LayerFetcher(
+            source, cache, layer.digest, config, bucket, gate=PriorityGate(), writer=CacheWriter()
+        )
         try:
             yield fetcher
         finally:

@@ -14,7 +14,7 @@ import pytest
 from lazyimage import estargz
 from lazyimage.cache import ChunkCache
 from lazyimage.estargz import TOC, Chunk
-from lazyimage.fetch import FetchConfig, LayerFetcher, PriorityGate, RegistrySource
+from lazyimage.fetch import CacheWriter, FetchConfig, LayerFetcher, PriorityGate, RegistrySource
 from lazyimage.oci import Manifest
 from lazyimage.registry import Reference, RegistryClient
 
@@ -72,7 +72,12 @@ async def test_prefetch_and_read_the_python_image(
                 toc = await _toc(source)
                 chunks = _all_chunks(toc)
                 fetcher = LayerFetcher(
-                    source, cache, layer.digest, FetchConfig(), gate=PriorityGate()
+                    source,
+                    cache,
+                    layer.digest,
+                    FetchConfig(),
+                    gate=PriorityGate(),
+                    writer=CacheWriter(),
                 )
                 started = time.perf_counter()
                 await fetcher.prefetch(chunks)
@@ -126,7 +131,9 @@ async def test_cold_demand_reads_of_the_biggest_file(
         node = max((n for n in toc if n.type == "reg"), key=lambda n: n.size)
         source = RegistrySource(client, ref, digest, blob_size)
         with ChunkCache(tmp_path / "cache", 1 << 30) as cache:
-            fetcher = LayerFetcher(source, cache, digest, FetchConfig(), gate=PriorityGate())
+            fetcher = LayerFetcher(
+                source, cache, digest, FetchConfig(), gate=PriorityGate(), writer=CacheWriter()
+            )
             started = time.perf_counter()
             whole = hashlib.sha256()
             for chunk in node.chunks:  # one chunk at a time, as a sequential reader would

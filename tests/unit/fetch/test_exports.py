@@ -8,6 +8,7 @@ import lazyimage.fetch as fetch
 def test_exports() -> None:
     assert fetch.__all__ == sorted(fetch.__all__)
     assert set(fetch.__all__) == {
+        "CacheWriter",
         "ChunkStore",
         "FetchConfig",
         "LayerFetcher",

@@ -16,7 +16,7 @@ import trio.testing
 from lazyimage.cache import ChunkCache
 from lazyimage.errors import UnavailableError, VerificationError
 from lazyimage.estargz import Chunk
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate
+from lazyimage.fetch import CacheWriter, FetchConfig, LayerFetcher, Priority, PriorityGate
 
 from tests.unit.fetch.helpers import (
     Blob,
@@ -48,6 +48,7 @@ def fetcher(
             layer_digest(),
             config or FetchConfig(),
             gate=PriorityGate(),
+            writer=CacheWriter(),
         ),
         source,
     )
@@ -281,9 +282,9 @@ async def test_prefetch_fills_the_cache_in_large_ranges() -> None:
 async def test_prefetch_takes_a_lazy_iterable_a_window_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lazyimage.fetch import _fetcher
+    from lazyimage.fetch import _prefetch
 
-    monkeypatch.setattr(_fetcher, "_PREFETCH_WINDOW", 4)
+    monkeypatch.setattr(_prefetch, "_PREFETCH_WINDOW", 4)
     # 30 small files, three to a gzip member: windows never split a member.
     blob = make_blob([2 * KiB] * 30, per_member=3, seed=9)
     cache = DictCache()
@@ -362,7 +363,14 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 async def test_prefetch_gives_way_to_demand() -> None:
     blob = make_blob([64 * KiB] * 40, seed=6)
     source, gate, cache = HeldSource(blob.data), WatchedGate(), DictCache()
-    fetch = LayerFetcher(source, cache, layer_digest(), FetchConfig(max_range=128 * KiB), gate=gate)
+    fetch = LayerFetcher(
+        source,
+        cache,
+        layer_digest(),
+        FetchConfig(max_range=128 * KiB),
+        gate=gate,
+        writer=CacheWriter(),
+    )
     last = blob.chunks[-1]
     demanded: list[bytes] = []
 
@@ -391,6 +399,37 @@ async def test_prefetch_gives_way_to_demand() -> None:
     assert set(cache.chunks) == {c.digest for c in blob.chunks}
     assert len(source.reads) > 4
     assert source.bytes_read == last.end - blob.chunks[0].offset  # nothing fetched twice
+
+
+async def test_demand_on_one_layer_holds_back_prefetch_on_another_sharing_the_gate() -> None:
+    demanded, prefetched = make_blob([64 * KiB] * 2, seed=10), make_blob([64 * KiB] * 8, seed=11)
+    gate, writer, config = WatchedGate(), CacheWriter(), FetchConfig(max_range=64 * KiB)
+    reader_source, filler_source = HeldSource(demanded.data), HeldSource(prefetched.data)
+    reader = LayerFetcher(
+        reader_source, DictCache(), layer_digest(), config, gate=gate, writer=writer
+    )
+    filler_cache = DictCache()
+    filler = LayerFetcher(
+        filler_source, filler_cache, layer_digest(), config, gate=gate, writer=writer
+    )
+    served: list[bytes] = []
+
+    async def demand() -> None:
+        served.extend(await reader.read(demanded.chunks[:1]))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(demand)
+        await wait_until(lambda: len(reader_source.reads) == 1)
+        group.start_soon(filler.prefetch, prefetched.chunks)
+        # The other layer's prefetch waits in the shared gate, not one request sent.
+        await wait_until(lambda: gate.waiting > 0 or bool(filler_source.reads))
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.waiting == 1 and filler_source.reads == []
+        reader_source.open()
+        await wait_until(lambda: bool(served))
+        filler_source.open()
+    assert served == demanded.contents[:1]
+    assert set(filler_cache.chunks) == {c.digest for c in prefetched.chunks}
 
 
 async def test_close_ends_prefetch_and_refuses_reads() -> None:

@@ -9,7 +9,15 @@ from typing import Any
 import anyio
 import pytest
 from lazyimage.errors import UnavailableError
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate, TokenBucket, _fetcher
+from lazyimage.fetch import (
+    CacheWriter,
+    FetchConfig,
+    LayerFetcher,
+    Priority,
+    PriorityGate,
+    TokenBucket,
+    _requests,
+)
 
 from tests.unit.fetch.helpers import DictCache, MemorySource, layer_digest, make_blob
 from tests.unit.virtual_clock import virtual_trio
@@ -27,7 +35,15 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
 def fetcher(
     source: MemorySource, config: FetchConfig, bucket: TokenBucket | None = None
 ) -> LayerFetcher:
-    return LayerFetcher(source, DictCache(), layer_digest(), config, bucket, gate=PriorityGate())
+    return LayerFetcher(
+        source,
+        DictCache(),
+        layer_digest(),
+        config,
+        bucket,
+        gate=PriorityGate(),
+        writer=CacheWriter(),
+    )
 
 
 async def test_demand_deadline_bounds_a_failing_read() -> None:
@@ -61,8 +77,8 @@ async def test_a_hung_request_is_abandoned_and_retried() -> None:
     assert len(source.reads) == 2
     # The watchdog gave up on the hung request at stall_timeout plus the time its length
     # may take at the minimum rate, and the retry followed after one backoff.
-    limit = 0.3 + source.reads[0][1] / _fetcher._MIN_RATE
-    assert limit <= elapsed <= limit + _fetcher._RETRY_BASE_DELAY
+    limit = 0.3 + source.reads[0][1] / _requests._MIN_RATE
+    assert limit <= elapsed <= limit + _requests._RETRY_BASE_DELAY
 
 
 async def test_bucket_caps_prefetch_bandwidth() -> None:

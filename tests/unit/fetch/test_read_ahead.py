@@ -9,7 +9,7 @@ import anyio
 import pytest
 from lazyimage.errors import VerificationError
 from lazyimage.estargz import Chunk
-from lazyimage.fetch import FetchConfig, LayerFetcher, Priority, PriorityGate
+from lazyimage.fetch import CacheWriter, FetchConfig, LayerFetcher, Priority, PriorityGate
 
 from tests.unit.fetch.helpers import (
     Blob,
@@ -52,6 +52,7 @@ def fetcher(
         layer_digest(),
         FetchConfig(**config),  # type: ignore[arg-type]
         gate=PriorityGate(),
+        writer=CacheWriter(),
     )
     return fetch, source, store
 

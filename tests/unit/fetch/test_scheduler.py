@@ -8,7 +8,6 @@ from typing import Any
 import anyio
 import pytest
 from lazyimage.fetch import Priority, PriorityGate
-from lazyimage.fetch._scheduler import shared_gate
 
 from tests.unit.virtual_clock import virtual_trio
 
@@ -119,10 +118,6 @@ async def test_a_read_that_needed_no_fetch_restarts_the_quiet_period() -> None:
         await gate.wait_turn(Priority.BACKGROUND, quiet)
     # The last hit came 0.6 s in; the fill went on a quiet period after it.
     assert anyio.current_time() - started == pytest.approx(0.6 + quiet)
-
-
-async def test_shared_gate_is_one_per_event_loop() -> None:
-    assert shared_gate() is shared_gate()
 
 
 def test_reason_labels() -> None:
