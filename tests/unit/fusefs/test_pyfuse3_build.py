@@ -62,7 +62,7 @@ def test_an_unpatched_pyfuse3_is_refused_with_a_clear_message(
         require_patched_pyfuse3()
 
 
-def test_process_init_checks_its_session_and_request() -> None:
+def test_process_init_needs_a_session() -> None:
     # No session in this process: nothing is handed to libfuse.
     with pytest.raises(RuntimeError, match="init"):
         pyfuse3.process_init(bytes(40))
