@@ -5,25 +5,29 @@
 # from Debian packages, as this machine cannot pull from Docker Hub.
 ARG BASE=python:3.11-slim-bookworm
 
-# Build stage: the wheels of lazyimage and its dependencies, built once (pyfuse3 has no binary
-# wheel and compiles against libfuse3), then installed into a venv the final stage copies.
+# Build stage: the wheels of lazyimage and its dependencies, built once, then installed into a
+# venv the final stage copies. pyfuse3 is our patched build (scripts/build-pyfuse3: the PyPI
+# sdist, nodeagent/patches/, Cython, compiled against libfuse3).
 FROM ${BASE} AS build
 # python:*-slim ships Python.h; Debian's python3 keeps it in python3-dev.
 RUN apt-get update \
  && headers=$(python3 -c 'import os, sysconfig; print("" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else "python3-dev")') \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      gcc libc6-dev pkg-config libfuse3-dev $headers \
+      gcc libc6-dev pkg-config libfuse3-dev patch $headers \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nodeagent ./nodeagent
 COPY operator ./operator
+COPY scripts/build-pyfuse3 ./scripts/
 # A network that intercepts TLS needs its CA bundle for PyPI: pass it as the secret
 # `ca-bundle` (scripts/build-image does); a secret is never stored in a layer.
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && export PIP_NO_CACHE_DIR=1 \
+ && scripts/build-pyfuse3 /wheels \
  && python3 -m venv /opt/build \
- && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && /opt/build/bin/pip wheel --find-links /wheels --wheel-dir /wheels . \
  && python3 -m venv --without-pip /opt/lazyimage \
  && /opt/build/bin/pip --python /opt/lazyimage/bin/python install \
       --no-index --no-cache-dir /wheels/*.whl

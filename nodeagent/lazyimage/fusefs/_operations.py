@@ -12,8 +12,9 @@ Caching, since a layer never changes once mounted:
   not cached (``remove_layer`` invalidates the entry it drops);
 - reads keep the page cache across opens (``keep_cache``, or the kernel's no_open mode).
 
-A file handle is the file's inode number: ``open`` keeps no state. In no_open mode (see
-``_noopen``) the kernel sends no opens at all and the read slot delivers the inode.
+A file handle is the file's inode number: ``open`` keeps no state. In no_open mode the
+kernel sends no opens at all, and lazyimage's patched pyfuse3 passes the inode to ``read``
+(``_pyfuse3_build``).
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ import structlog
 import trio
 
 from lazyimage import holder
-from lazyimage.fusefs import _libfuse, _noopen
 from lazyimage.fusefs._device import mount_fuse, read_init, resend_pending
 from lazyimage.fusefs._mounts import MountInfo, force_unmount, mounts_at
 from lazyimage.fusefs._operations import LayerFilesystem
+from lazyimage.fusefs._pyfuse3_build import require_patched_pyfuse3
 
 __all__ = ["MOUNT_OPTIONS", "FuseSession"]
 
@@ -59,8 +59,12 @@ class FuseSession:
 
     ``read_ahead_kb``: the mount's readahead window, raised after INIT (the kernel clamps it
     to INIT's answer) so buffered reads arrive as 1 MiB requests rather than 128 KiB ones.
-    ``no_open``: answer opens with ENOSYS so warm opens never reach the agent, when the
-    read path can still tell files apart (``_noopen``); otherwise opens are answered.
+    ``no_open``: answer opens with ENOSYS so warm opens never reach the agent (the
+    kernel's no_open mode; reads still name their file, see ``_pyfuse3_build``); False
+    answers every open.
+
+    Raises ``LazyImageError`` before mounting anything if pyfuse3 is not lazyimage's
+    patched build.
     """
 
     mountpoint: Path
@@ -82,6 +86,7 @@ class FuseSession:
         global _active
         if _active is not None:
             raise RuntimeError(f"this process already serves {_active.mountpoint} (pyfuse3)")
+        require_patched_pyfuse3()
         self.mountpoint = Path(os.path.abspath(mountpoint))
         self.fs = fs
         self._holder = holder
@@ -103,11 +108,10 @@ class FuseSession:
         try:
             # libfuse answers INIT from the saved request; for a mount taken over, the
             # kernel ignores that answer and keeps the first agent's.
-            if not _libfuse.process_request(init):
-                raise RuntimeError("pyfuse3's libfuse session was not found; cannot answer INIT")
+            pyfuse3.process_init(init)
             if self.adopted and not resend_pending(fd):
                 log.warning("the kernel cannot resend requests in flight at the takeover")
-            fs.no_open = no_open and _install_no_open()
+            fs.no_open = no_open
             self.mount = mounts_at(self.mountpoint)[-1]
         except BaseException:
             self.close()
@@ -225,11 +229,3 @@ class FuseSession:
                 path.write_text(str(self._read_ahead_kb))
         except (OSError, ValueError) as exc:
             log.warning("cannot raise readahead", path=str(path), error=str(exc))
-
-
-def _install_no_open() -> bool:
-    try:
-        return _noopen.install()
-    except (OSError, ValueError) as exc:  # an unreadable or odd extension file
-        log.warning("no_open mode unavailable", error=str(exc))
-        return False

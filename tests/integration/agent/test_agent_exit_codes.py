@@ -88,6 +88,32 @@ def test_a_port_in_use(run_agent: Any, tmp_path: Path) -> None:
     assert mounts_under(tmp_path) == []  # the FUSE mount made before was undone
 
 
+def test_a_pyfuse3_without_lazyimages_patch_stops_it_before_it_mounts(tmp_path: Path) -> None:
+    # The agent run as an unpatched pyfuse3 build would load: without the patch's marker.
+    start = (
+        "import runpy, sys, pyfuse3; del pyfuse3.LAZYIMAGE_PATCH; "
+        "sys.argv[0] = 'lazyimage-agent'; "
+        "runpy.run_module('lazyimage.agent.main', run_name='__main__')"
+    )
+    args = [
+        sys.executable, "-c", start,
+        "--state-dir", str(tmp_path / "state"),
+        "--socket", str(tmp_path / "run" / "snapshotter.sock"),
+        "--listen", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    done = subprocess.run(
+        args,
+        env={**os.environ, "PYTHONPATH": f"{_REPO / 'nodeagent'}{os.pathsep}{_REPO}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 7, done.stderr
+    assert "has no lazyimage patch" in done.stderr and "scripts/setup" in done.stderr
+    _no_traceback(done.stderr)
+    assert mounts_under(tmp_path) == []
+
+
 def test_a_control_socket_path_that_is_a_file(run_agent: Any, tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("keep me")

@@ -1,17 +1,13 @@
-"""Mount bookkeeping without FUSE traffic: mountinfo, forced unmounts, inode numbers, and
-the no_open setup's refusal of an extension it does not recognise."""
+"""Mount bookkeeping without FUSE traffic: mountinfo, forced unmounts, inode numbers."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-import pyfuse3
 import pytest
 from lazyimage.fusefs import force_unmount, inode, mounts_under, split
 from lazyimage.fusefs._inodes import LayerSlots
-from lazyimage.fusefs._libfuse import elf_symbols
-from lazyimage.fusefs._noopen import install
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -47,15 +43,3 @@ def test_slots_are_never_reused() -> None:
     assert slots.get(1) is None
     with pytest.raises(ValueError):
         slots.add("b", "again")
-
-
-def test_no_open_setup_reads_pyfuse3_symbols_and_refuses_strangers(tmp_path: Path) -> None:
-    extension = pyfuse3.__file__
-    assert extension is not None
-    found = elf_symbols(
-        extension, {"PyInit_pyfuse3", "__pyx_v_7pyfuse3_session", "__pyx_f_7pyfuse3_fuse_read"}
-    )
-    assert len(found) == 3
-    stranger = tmp_path / "not-elf.so"
-    stranger.write_bytes(b"nothing to see")
-    assert install(str(stranger)) is False

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyfuse3
 import pytest
 import trio
 from lazyimage import estargz
@@ -43,6 +44,9 @@ def test_session_serves_under_trio_and_unmounts(tmp_path: Path) -> None:
         with FuseSession(mountpoint, fs) as session:
             with pytest.raises(RuntimeError, match="already serves"):
                 FuseSession(tmp_path / "other", LayerFilesystem())
+            # The session answered its INIT already; anything but an INIT is refused.
+            with pytest.raises(ValueError, match="not a FUSE_INIT request"):
+                pyfuse3.process_init(bytes(40))
             async with trio.open_nursery() as nursery:
                 await nursery.start(session.serve)
                 bdi = Path(f"/sys/class/bdi/{session.mount.major}:{session.mount.minor}")

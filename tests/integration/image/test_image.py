@@ -165,6 +165,10 @@ def test_the_fuse3_runtime_is_there_and_the_build_tools_are_not(pushed: PulledIm
     loaded = pushed.run("python3", "-c", "import pyfuse3; print(pyfuse3.__file__)", user=NOBODY)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.startswith("/opt/lazyimage/")
+    # lazyimage's patched pyfuse3 (scripts/build-pyfuse3), which the agent refuses to run without.
+    check = "from lazyimage.fusefs._pyfuse3_build import require_patched_pyfuse3 as r; r()"
+    patched = pushed.run("python3", "-c", check, user=NOBODY)
+    assert patched.returncode == 0, patched.stderr
     for tool in ("usr/bin/gcc", "usr/bin/cc", "usr/bin/x86_64-linux-gnu-gcc-12", "usr/bin/ld"):
         assert not (root / tool).exists(), f"{tool} is in the final image"
     assert not (root / "usr/include/fuse3").exists(), "libfuse3-dev is in the final image"
