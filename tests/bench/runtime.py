@@ -4,7 +4,8 @@ The development environment (.venv) also holds the test and lint tools, and some
 change what the agent loads: structlog imports ``rich`` when it is installed, grpc imports
 ``grpc_tools``, httpx ``click``. A benchmark that reports the agent's memory runs it here
 instead, so the figure is the deployed agent's. The environment is built once per
-``pyproject.toml`` (and install patches) and kept in the cache directory; the agent's code
+``pyproject.toml`` and patched pyfuse3 wheel (``scripts/setup`` builds it and says where)
+and kept in the cache directory; the agent's code
 still comes from the checkout (``AgentProcess`` puts it first on ``PYTHONPATH``).
 """
 
@@ -24,11 +25,13 @@ _REPO = Path(__file__).resolve().parents[2]
 _INSTALL_TIMEOUT = 900.0
 
 
+def _pyfuse3_wheels() -> str:
+    return (_REPO / ".venv" / "pyfuse3-wheels").read_text().strip()
+
+
 def _key() -> str:
     h = hashlib.sha256((_REPO / "pyproject.toml").read_bytes())
-    patches = _REPO / "nodeagent" / "patches"
-    for path in sorted(patches.glob("*")) if patches.is_dir() else []:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(_pyfuse3_wheels().encode())
     return h.hexdigest()[:16]
 
 
@@ -42,7 +45,10 @@ def runtime_python() -> str:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-cache-dir", str(_REPO)],
+        [
+            *(str(python), "-m", "pip", "install", "-q", "--no-cache-dir"),
+            *("--find-links", _pyfuse3_wheels(), str(_REPO)),
+        ],
         check=True,
         timeout=_INSTALL_TIMEOUT,
     )
