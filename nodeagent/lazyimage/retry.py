@@ -92,6 +92,7 @@ class RetryState:
         self.attempt = 1
         # Set when the deadline, rather than the policy, left no time for another attempt.
         self.past_deadline = False
+        self._last_chance_taken = False
 
     @property
     def elapsed(self) -> float:
@@ -120,9 +121,16 @@ class RetryState:
         else:
             delay = self.policy.delay(self.attempt, self._rand)
         if delay >= self.remaining:
-            self.past_deadline = self._deadline is not None and (
-                delay >= self._deadline - self._clock()
-            )
-            return None
+            # Rather than give up a whole backoff early, try once more shortly before the time
+            # runs out: a server that is back by then still serves the call. Not when the
+            # server itself asked to be left alone for longer (Retry-After).
+            last_chance = self.remaining - self.policy.base_delay
+            if self._last_chance_taken or last_chance <= 0 or retry_after is not None:
+                self.past_deadline = self._deadline is not None and (
+                    delay >= self._deadline - self._clock()
+                )
+                return None
+            self._last_chance_taken = True
+            delay = last_chance
         self.attempt += 1
         return delay

@@ -30,7 +30,13 @@ from lazyimage.agent.profiles import ProfileBook
 from lazyimage.agent.pullsecrets import PullSecrets, dockerconfigjson
 from lazyimage.agent.remote import AgentRemoteFS
 from lazyimage.cache import ChunkCache, TOCStore
-from lazyimage.fetch import CacheWriter, FetchConfig, PriorityGate, TokenBucket
+from lazyimage.fetch import (
+    CacheWriter,
+    FetchConfig,
+    PriorityGate,
+    TokenBucket,
+    read_retry_policy,
+)
 from lazyimage.fusefs import FuseSession, LayerFilesystem
 from lazyimage.kube import KubeClient, KubeConfig, NotFoundError, ResourcePath
 from lazyimage.logs import configure_logging
@@ -79,6 +85,7 @@ async def serve(config: AgentConfig) -> None:
         async with (
             RegistryClient(
                 credentials=credentials,
+                retry=read_retry_policy(fetch_config),
                 insecure_registries=config.insecure_registries,
                 # A bad hosts.toml is logged and skipped: it must not stop the agent.
                 hosts=RegistryHosts(config.registry_config) if config.registry_config else None,

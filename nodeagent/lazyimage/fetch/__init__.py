@@ -15,7 +15,7 @@ against its chunk digest.
 """
 
 from lazyimage.fetch._bandwidth import TokenBucket
-from lazyimage.fetch._config import ChunkStore, FetchConfig
+from lazyimage.fetch._config import ChunkStore, FetchConfig, read_retry_policy
 from lazyimage.fetch._fetcher import LayerFetcher
 from lazyimage.fetch._scheduler import Priority, PriorityGate
 from lazyimage.fetch._source import RangeSource, RegistrySource
@@ -31,4 +31,5 @@ __all__ = [
     "RangeSource",
     "RegistrySource",
     "TokenBucket",
+    "read_retry_policy",
 ]

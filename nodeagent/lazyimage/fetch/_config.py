@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ChunkStore", "FetchConfig", "ResidentReads"]
+from lazyimage.retry import RetryPolicy
+
+__all__ = ["ChunkStore", "FetchConfig", "ResidentReads", "read_retry_policy"]
+
+# A failing range read's retries, 0.2, 0.4, 0.8, 1.6 s and then 2 s apart (each drawn from
+# [d/2, d]), would fit 20 to 30 attempts in a 30 s deadline: at most this many are made.
+_READ_ATTEMPTS = 24
 
 
 class ChunkStore(Protocol):
@@ -34,12 +40,14 @@ class ResidentReads(Protocol):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """How one layer is fetched. Give ``stall_timeout`` to RegistrySource too: it checks
-    progress byte by byte, while the fetcher can only bound a whole source read (at
-    ``stall_timeout`` plus 1 s per 64 KiB asked), a safety net for other sources."""
+    """How one layer is fetched. ``stall_timeout`` is for the layer's RegistrySource, which
+    checks a request's progress byte by byte; the fetcher itself passes each request a
+    deadline ``demand_deadline`` away and retries nothing but a failed verification."""
 
     stall_timeout: float = 2.0  # a range request with no progress for this long is retried
-    demand_deadline: float = 30.0  # a demand read not served by then raises UnavailableError
+    # A demand read not served by then raises UnavailableError; each range request's source
+    # retries until this long after it was asked for.
+    demand_deadline: float = 30.0
     max_range: int = 16 << 20  # merged ranges are at most this big
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
@@ -64,3 +72,19 @@ class FetchConfig:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")
         if self.read_ahead < 0 or self.read_ahead_ratio < 0:
             raise ValueError("read_ahead and read_ahead_ratio must be >= 0")
+
+
+def read_retry_policy(config: FetchConfig) -> RetryPolicy:
+    """The RetryPolicy for the RegistryClient that a layer's reads go through.
+
+    Lazy reads retry in one place, the registry client, and only until the deadline each
+    request carries (``demand_deadline`` after it was asked for): briefly apart at first, so
+    that a blip costs little, and at most 2 s apart, so that a registry that comes back is
+    found soon.
+    """
+    return RetryPolicy(
+        attempts=_READ_ATTEMPTS,
+        base_delay=0.2,
+        max_delay=2.0,
+        total_timeout=config.demand_deadline,
+    )

@@ -17,15 +17,16 @@ log = structlog.get_logger("lazyimage.fetch")
 
 
 class RangeSource(Protocol):
-    """A blob read by ranges. Implementations retry what is worth retrying themselves and
-    raise ``lazyimage.errors.UnavailableError`` when a failure may pass, another
-    ``LazyImageError`` when it will not."""
+    """A blob read by ranges. Implementations retry what is worth retrying themselves, until
+    the caller's deadline, and raise ``lazyimage.errors.UnavailableError`` when a failure
+    may pass, another ``LazyImageError`` when it will not."""
 
     @property
     def size(self) -> int: ...
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """Exactly the bytes ``[offset, offset + length)``."""
+    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
+        """Exactly the bytes ``[offset, offset + length)``. ``deadline``: an absolute time
+        on anyio's clock after which no retry starts and the read gives up."""
         ...
 
 
@@ -33,8 +34,8 @@ class RegistrySource:
     """A layer blob in a registry, read with range GETs through a shared RegistryClient.
 
     A request that makes no progress for ``stall_timeout`` seconds (no connection, no byte
-    of headers or body) is abandoned and retried under the client's RetryPolicy. Retries
-    are counted in ``lazyimage_fetch_retries`` for the layer.
+    of headers or body) is abandoned and retried under the client's RetryPolicy, until the
+    caller's deadline. Retries are counted in ``lazyimage_fetch_retries`` for the layer.
 
     Before that, a read that has produced no byte after a few times the recent first-byte
     latency of its client's range reads is hedged: a second identical request is sent and
@@ -91,13 +92,13 @@ class RegistrySource:
         self._refs.append(ref)
         return True
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
         refs = list(self._refs)
         for index, ref in enumerate(refs):
             try:
-                data = await self._read_through(ref, offset, length)
+                data = await self._read_through(ref, offset, length, deadline)
             except (AuthError, NotFoundError) as exc:
                 if index + 1 == len(refs):
                     raise
@@ -114,7 +115,9 @@ class RegistrySource:
             return data
         raise AssertionError("unreachable: a source has at least one reference")
 
-    async def _read_through(self, ref: Reference, offset: int, length: int) -> bytes:
+    async def _read_through(
+        self, ref: Reference, offset: int, length: int, deadline: float | None
+    ) -> bytes:
         async def request(signals: Signals) -> bytes:
             def retried(cause: str) -> None:
                 self._retried(cause)
@@ -129,6 +132,7 @@ class RegistrySource:
                 on_retry=retried,
                 on_attempt=signals.attempt,
                 on_progress=signals.progress,
+                deadline=deadline,
             )
 
         return await hedged(request, self._latency, on_hedge=self._hedged)

@@ -18,8 +18,8 @@ import anyio
 import pytest
 from lazyimage import estargz
 from lazyimage.errors import UnavailableError
-from lazyimage.fetch import FetchConfig, LayerFetcher
-from lazyimage.registry import RegistryClient, RetryPolicy
+from lazyimage.fetch import FetchConfig, LayerFetcher, read_retry_policy
+from lazyimage.registry import RegistryClient
 
 from tests.fixtures.faults import Fault, FaultProxy
 from tests.fixtures.registry import RegistryServer
@@ -28,8 +28,8 @@ from tests.integration.fetch.helpers import Layer, client_for, layer_fetcher, pu
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 BLOB_GET = r"/v2/.+/blobs/sha256:"
-# The agent's default backoff (0.2 s, jittered), so the timings are the real ones.
-DEFAULT_RETRY = RetryPolicy()
+# The agent's retry policy for lazy reads, so the timings are the real ones.
+DEFAULT_RETRY = read_retry_policy(FetchConfig())
 # Longer than any test: a timeout set to this never fires.
 NO_TIMEOUT = 3600.0
 
@@ -109,7 +109,7 @@ async def test_registry_stopped_during_a_read_then_restarted(
     # The first GET waits half a second in the proxy: the registry goes down under it.
     proxy.add(Fault.stall(0.5), method="GET", path=BLOB_GET)
     config = FetchConfig(demand_deadline=20.0)
-    async with client_for(proxy.host, DEFAULT_RETRY) as client:
+    async with client_for(proxy.host, read_retry_policy(config)) as client:
         with layer_fetcher(client, layer, tmp_path / "cache", config, via=proxy.host) as fetch:
 
             async def outage() -> None:
@@ -136,7 +136,7 @@ async def test_registry_that_stays_down_fails_within_the_deadline(
     layer = await push_layer(registry.host, "faults/down", tmp_path)
     chunks = layer.chunks("app/")[:3]
     config = FetchConfig(demand_deadline=3.0)
-    async with client_for(registry.host, DEFAULT_RETRY) as client:
+    async with client_for(registry.host, read_retry_policy(config)) as client:
         with layer_fetcher(client, layer, tmp_path / "cache", config) as fetch:
             registry.stop()
             started = anyio.current_time()

@@ -79,13 +79,15 @@ class MemorySource:
     delay: float = 0.0
     fail_next: int = 0  # this many reads raise UnavailableError first
     reads: list[tuple[int, int]] = field(default_factory=list)
+    deadlines: list[float | None] = field(default_factory=list)  # each read's
 
     @property
     def size(self) -> int:
         return len(self.data)
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
         self.reads.append((offset, length))
+        self.deadlines.append(deadline)
         if self.delay:
             await anyio.sleep(self.delay)
         else:

@@ -17,6 +17,7 @@ def test_exports() -> None:
         "RangeSource",
         "RegistrySource",
         "TokenBucket",
+        "read_retry_policy",
     }
     for name in fetch.__all__:
         assert getattr(fetch, name).__module__.startswith("lazyimage.fetch._")

@@ -231,12 +231,27 @@ async def test_concurrent_readers_of_a_forged_chunk_all_fail() -> None:
     assert len(errors) == 5 and len(source.reads) == 2
 
 
-async def test_transient_failures_are_retried() -> None:
+async def test_a_failed_request_is_not_retried_by_the_fetcher() -> None:
+    # The source retries, until the deadline the fetcher gives it; the fetcher does not add
+    # a loop of its own around that.
     blob = make_blob([10_000])
-    fetch, source = fetcher(blob, fail_next=2)
+    fetch, source = fetcher(blob, fail_next=1)
+    with pytest.raises(UnavailableError, match="injected failure"):
+        await fetch.read(blob.chunks)
+    assert len(source.reads) == 1
+    # The next read asks again.
     assert await fetch.read(blob.chunks) == blob.contents
-    assert len(source.reads) == 3
-    assert sample("lazyimage_fetch_retries_total", layer=fetch.layer) == 2
+    assert len(source.reads) == 2
+
+
+async def test_each_request_carries_the_demand_deadline() -> None:
+    blob = make_blob([10_000])
+    fetch, source = fetcher(blob)
+    asked = anyio.current_time()
+    assert await fetch.read(blob.chunks) == blob.contents
+    (deadline,) = source.deadlines
+    assert deadline is not None
+    assert asked + fetch.config.demand_deadline <= deadline <= anyio.current_time() + 30
 
 
 async def test_a_cancelled_reader_does_not_strand_the_others() -> None:
@@ -324,7 +339,7 @@ class HeldSource(MemorySource):
         self.held: list[anyio.Event] = []
         self._open = False
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
         self.reads.append((offset, length))
         released = anyio.Event()
         self.held.append(released)

@@ -132,3 +132,19 @@ def test_state_without_a_deadline_is_never_past_it() -> None:
     clock.now += 0.9
     assert state.next_delay() is None
     assert not state.past_deadline
+
+
+def test_a_backoff_past_the_time_left_becomes_one_last_attempt_before_it() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(
+        attempts=10, base_delay=0.2, max_delay=2.0, total_timeout=3.0, jitter=False
+    )
+    state = RetryState(policy, clock=clock)
+    delays = []
+    while (delay := state.next_delay()) is not None:
+        delays.append(delay)
+        clock.now += delay
+    # 0.2, 0.4, 0.8 (1.4 s in), then 1.6 would pass 3 s: the last try starts at 2.8 s
+    # instead, base_delay before the end, and none follows it.
+    assert delays == pytest.approx([0.2, 0.4, 0.8, 1.4])
+    assert clock.now == pytest.approx(100.0 + 2.8)
