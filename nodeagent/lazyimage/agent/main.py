@@ -23,6 +23,7 @@ from lazyimage.agent.config import AgentConfig, parse_config
 from lazyimage.agent.control import AgentControl
 from lazyimage.agent.http import AgentHTTPServer
 from lazyimage.agent.layers import LayerManager
+from lazyimage.agent.memory import tune_malloc
 from lazyimage.agent.mountbook import MountBook
 from lazyimage.agent.orders import OrderRunner
 from lazyimage.agent.prewarm import ImagePrewarmer
@@ -250,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)  # a bad flag or LAZYIMAGE_* variable exits here with 2
     configure_logging(config.log_level)
     _raise_open_files_limit()
+    if not tune_malloc():
+        log.info("malloc_defaults_kept")
     try:
         trio.run(serve, config)
     except Exception as exc:  # the last line of defence: a message, never a bare traceback

@@ -178,7 +178,7 @@ def open_toc(
     return loader.toc()
 
 
-def verify_chunk(chunk: Chunk, compressed: bytes) -> bytes:
+def verify_chunk(chunk: Chunk, compressed: bytes | memoryview) -> bytes:
     """Inflate ``compressed`` (the blob's bytes [chunk.offset, chunk.end)) and verify it.
 
     Returns the chunk's uncompressed bytes, or raises VerificationError / FormatError.

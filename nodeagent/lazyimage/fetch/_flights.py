@@ -63,10 +63,11 @@ class Download:
 
     def __init__(self) -> None:
         self.done = anyio.Event()
-        self.data: bytes | None = None
+        # A view into the span's bytes: members share one buffer, none is copied out of it.
+        self.data: memoryview | None = None
         self.error: BaseException | None = None
 
-    def finish(self, *, data: bytes | None = None, error: BaseException | None = None) -> None:
+    def finish(self, *, data: memoryview | None = None, error: BaseException | None = None) -> None:
         if not self.done.is_set():
             self.data, self.error = data, error
             self.done.set()
@@ -153,7 +154,7 @@ class FlightTable:
         self,
         downloads: dict[ByteRange, Download],
         *,
-        pieces: dict[ByteRange, bytes] | None = None,
+        pieces: dict[ByteRange, memoryview] | None = None,
         error: BaseException | None = None,
     ) -> None:
         for member, download in downloads.items():

@@ -89,7 +89,8 @@ class SpanFetcher:
         except BaseException:
             self._table.end_downloads(downloads, error=ABANDONED)
             raise
-        pieces = {m: data[m.offset - span.offset : m.end - span.offset] for m in parts}
+        view = memoryview(data)
+        pieces = {m: view[m.offset - span.offset : m.end - span.offset] for m in parts}
         self._table.end_downloads(downloads, pieces=pieces)
         items = [(m, flights, pieces[m]) for m, flights in parts.items()]
         await self._delivery.deliver(items, priority)

@@ -17,7 +17,7 @@ VERIFY_BATCH = 4 << 20
 T = TypeVar("T")
 
 
-def verify_all(items: list[tuple[Chunk, bytes]]) -> list[bytes | LazyImageError]:
+def verify_all(items: list[tuple[Chunk, memoryview]]) -> list[bytes | LazyImageError]:
     """Runs in a worker thread (zlib and hashlib release the GIL): inflate and hash each
     chunk from its member's bytes. A result is the chunk's bytes or why they were refused."""
     results: list[bytes | LazyImageError] = []
@@ -30,11 +30,11 @@ def verify_all(items: list[tuple[Chunk, bytes]]) -> list[bytes | LazyImageError]
 
 
 def batches(
-    items: list[tuple[ByteRange, T, bytes]], limit: int = VERIFY_BATCH
-) -> list[list[tuple[ByteRange, T, bytes]]]:
+    items: list[tuple[ByteRange, T, memoryview]], limit: int = VERIFY_BATCH
+) -> list[list[tuple[ByteRange, T, memoryview]]]:
     """Consecutive members grouped into batches of about ``limit`` compressed bytes."""
-    grouped: list[list[tuple[ByteRange, T, bytes]]] = []
-    current: list[tuple[ByteRange, T, bytes]] = []
+    grouped: list[list[tuple[ByteRange, T, memoryview]]] = []
+    current: list[tuple[ByteRange, T, memoryview]] = []
     size = 0
     for item in items:
         current.append(item)
