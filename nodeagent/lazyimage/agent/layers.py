@@ -422,12 +422,12 @@ class LayerManager:
         # The footer first, then exactly the TOC: two small requests, and not one byte of
         # file data fetched before a file is read (a larger tail would guess and overshoot).
         loader = TOCLoader(size, tail_size=FOOTER_SIZE, expected_digest=spec.toc_digest)
-        tail = await source.read(*loader.tail_range)
+        tail = bytes(await source.read(*loader.tail_range))  # the footer: a few dozen bytes
         toc_bytes = len(tail)
         rest = loader.feed_tail(tail)
         blob_end = tail[loader.toc_offset - loader.tail_range[0] :] if rest is None else b""
         if rest is not None:
-            member = await source.read(*rest)
+            member = bytes(await source.read(*rest))
             loader.feed_rest(member)
             toc_bytes += rest[1]
             blob_end = member + tail

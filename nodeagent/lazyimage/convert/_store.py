@@ -133,7 +133,7 @@ class RegistryStore:
         await self._client.download_blob(self._ref, desc.digest, dest)
 
     async def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        return await self._client.read_range(self._ref, desc.digest, offset, length)
+        return bytes(await self._client.read_range(self._ref, desc.digest, offset, length))
 
     async def has_blob(self, digest: str) -> bool:
         return await self._client.has_blob(self._ref, digest)

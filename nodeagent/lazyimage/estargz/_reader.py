@@ -115,8 +115,9 @@ class TOCLoader:
         self._footer_size = 0
         self._member = b""
 
-    def feed_tail(self, tail: bytes) -> tuple[int, int] | None:
+    def feed_tail(self, tail: bytes | memoryview) -> tuple[int, int] | None:
         """Take the tail read; return the range still needed for the TOC, if any."""
+        tail = bytes(tail)  # a footer, or a TOC: small, and parsed as bytes
         if len(tail) != self.tail_range[1]:
             raise FormatError(f"tail read returned {len(tail)} of {self.tail_range[1]} bytes")
         self._tail = tail
@@ -133,12 +134,12 @@ class TOCLoader:
             return None
         return (toc_offset, tail_start - toc_offset)
 
-    def feed_rest(self, data: bytes) -> None:
+    def feed_rest(self, data: bytes | memoryview) -> None:
         tail_start = self.tail_range[0]
         if len(data) != tail_start - self._toc_offset:
             raise FormatError(f"TOC read returned {len(data)} bytes")
         member_end = self.blob_size - self._footer_size
-        self._member = data + self._tail[: member_end - tail_start]
+        self._member = bytes(data) + self._tail[: member_end - tail_start]
 
     @property
     def toc_offset(self) -> int:

@@ -38,7 +38,7 @@ Item = tuple[ByteRange, list[Flight], memoryview]
 # about 0.3 ms of inflate and sha256, less than handing them to a worker thread and back.
 _INLINE_VERIFY = 64 << 10
 _INLINE_VERIFY_OUTPUT = 256 << 10  # and inflate to at most this many (no gzip bomb inline)
-_FILL_BATCH = 1 << 20  # compressed bytes per batch of prefetch and background fill
+_FILL_BATCH = 256 << 10  # compressed bytes per batch of prefetch and background fill
 
 
 class Delivery:

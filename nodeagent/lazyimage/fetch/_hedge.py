@@ -116,12 +116,12 @@ class Signals:
         self.changed = anyio.Event()
 
 
-Request = Callable[[Signals], Awaitable[bytes]]
+Request = Callable[[Signals], Awaitable[memoryview]]
 
 
 async def hedged(
     request: Request, window: LatencyWindow, on_hedge: Callable[[], None] | None = None
-) -> bytes:
+) -> memoryview:
     """``request(signals)`` once, and once more if an attempt of the first goes
     ``window.delay()`` without progress (no byte yet, or none since the last); the first
     to succeed wins and the other is cancelled. At most one hedge.
@@ -133,7 +133,7 @@ async def hedged(
     A failure before the hedge is sent is raised at once. After it, a failure waits for
     the other request, and only if both fail is the first failure raised.
     """
-    results: list[bytes] = []
+    results: list[memoryview] = []
     failures: list[BaseException] = []
     first = Signals(window.record)
 

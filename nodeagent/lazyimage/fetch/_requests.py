@@ -38,7 +38,9 @@ class RangeRequests:
         self.fetched = 0  # compressed bytes received, for any reason
         self.last_failure = ""  # why the latest request failed, for a demand read's error
 
-    async def download(self, span: ByteRange, priority: Priority, ahead: int = 0) -> bytes:
+    async def download(
+        self, span: ByteRange, priority: Priority, ahead: int = 0
+    ) -> bytes | memoryview:
         """The span's bytes, within ``demand_deadline`` of the call (waiting for a request
         slot included), or UnavailableError. ``ahead`` of them are read-ahead, counted apart
         in the metrics."""
@@ -59,7 +61,7 @@ class RangeRequests:
 
     async def _request(
         self, span: ByteRange, priority: Priority, deadline: float, what: str
-    ) -> bytes:
+    ) -> bytes | memoryview:
         if self._slots is None:
             self._slots = anyio.Semaphore(self._config.max_requests)
         with anyio.move_on_after(deadline + DEADLINE_GRACE - anyio.current_time()) as cut:

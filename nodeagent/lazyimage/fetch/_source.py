@@ -24,9 +24,12 @@ class RangeSource(Protocol):
     @property
     def size(self) -> int: ...
 
-    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
-        """Exactly the bytes ``[offset, offset + length)``. ``deadline``: an absolute time
-        on anyio's clock after which no retry starts and the read gives up."""
+    async def read(
+        self, offset: int, length: int, *, deadline: float | None = None
+    ) -> bytes | memoryview:
+        """Exactly the bytes ``[offset, offset + length)`` (a view, when that saves a copy).
+        ``deadline``: an absolute time on anyio's clock after which no retry starts and the
+        read gives up."""
         ...
 
 
@@ -92,7 +95,7 @@ class RegistrySource:
         self._refs.append(ref)
         return True
 
-    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> bytes:
+    async def read(self, offset: int, length: int, *, deadline: float | None = None) -> memoryview:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise ValueError(f"range {offset}+{length} is outside the blob's {self._size} bytes")
         refs = list(self._refs)
@@ -117,8 +120,8 @@ class RegistrySource:
 
     async def _read_through(
         self, ref: Reference, offset: int, length: int, deadline: float | None
-    ) -> bytes:
-        async def request(signals: Signals) -> bytes:
+    ) -> memoryview:
+        async def request(signals: Signals) -> memoryview:
             def retried(cause: str) -> None:
                 self._retried(cause)
                 signals.retrying()

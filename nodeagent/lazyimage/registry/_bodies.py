@@ -9,7 +9,7 @@ import httpx
 
 from lazyimage.registry._sinks import Sink
 
-__all__ = ["CHUNK", "content_length", "drain", "error_body", "read_limited"]
+__all__ = ["CHUNK", "content_length", "drain", "error_body", "read_exact", "read_limited"]
 
 # The size of large writes: to a sink, and of the pieces of a file pushed.
 CHUNK = 1 << 20
@@ -47,6 +47,25 @@ async def read_limited(
         if len(buffer) > limit:
             return None
     return bytes(buffer)
+
+
+async def read_exact(
+    response: httpx.Response, length: int, progress: Callable[[], None] | None = None
+) -> memoryview | None:
+    """The raw body, received into one buffer of ``length`` bytes and returned as a view of
+    what arrived (shorter if the body was), or None if the body is longer. A range read is
+    up to tens of MB: it is never copied, nor held twice while a buffer grows."""
+    buffer = memoryview(bytearray(length))
+    filled = 0
+    async for chunk in _raw_chunks(response):
+        if progress is not None:
+            progress()
+        end = filled + len(chunk)
+        if end > length:
+            return None
+        buffer[filled:end] = chunk
+        filled = end
+    return buffer[:filled]
 
 
 async def error_body(response: httpx.Response) -> bytes:

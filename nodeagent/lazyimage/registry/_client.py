@@ -161,8 +161,9 @@ class RegistryClient:
         on_progress: Callable[[], None] | None = None,
         on_attempt: Callable[[], None] | None = None,
         deadline: float | None = None,
-    ) -> bytes:
-        """Exactly the bytes ``[offset, offset + length)`` of a blob.
+    ) -> memoryview:
+        """Exactly the bytes ``[offset, offset + length)`` of a blob, as a view of the one
+        buffer they were received into.
 
         The answer must be a 206 whose Content-Range is that range, else
         RangeNotSupportedError. A short body is retried. Not verified: the caller checks the

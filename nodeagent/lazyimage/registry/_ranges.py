@@ -15,7 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from lazyimage.errors import RangeNotSupportedError, RegistryError
-from lazyimage.registry._bodies import read_limited
+from lazyimage.registry._bodies import read_exact
 from lazyimage.registry._errors import Op, Retryable, blob_op
 from lazyimage.registry._http import IDENTITY, parse_content_range
 from lazyimage.registry._reference import Reference
@@ -51,13 +51,13 @@ class Ranges:
         on_progress: Callable[[], None] | None,
         on_attempt: Callable[[], None] | None,
         deadline: float | None,
-    ) -> bytes:
+    ) -> memoryview:
         """Exactly the bytes ``[offset, offset + length)`` of a blob (see
         RegistryClient.read_range)."""
         if offset < 0 or length < 0:
             raise ValueError(f"invalid range offset={offset} length={length}")
         if length == 0:
-            return b""
+            return memoryview(b"")
         last = offset + length - 1
         op = blob_op(ref, digest, f"blob {digest}, range {offset}-{last}")
         path = f"/v2/{ref.repository}/blobs/{digest}"
@@ -66,7 +66,7 @@ class Ranges:
             raise ValueError(f"stall_timeout must be positive, not {stall_timeout}")
         connection = self._connection
 
-        async def attempt(endpoint: Endpoint) -> bytes:
+        async def attempt(endpoint: Endpoint) -> memoryview:
             if on_attempt is not None:
                 on_attempt()
             timeout = connection.stall_timeout(stall_timeout, endpoint)
@@ -112,7 +112,7 @@ class Ranges:
         offset: int,
         length: int,
         progress: Callable[[], None] | None = None,
-    ) -> bytes:
+    ) -> memoryview:
         """The range's bytes from an answer, which must be a 206 of exactly that range."""
         if progress is not None:
             progress()
@@ -142,7 +142,7 @@ class Ranges:
                 f"answered 206 with Content-Range {value!r}, expected bytes {offset}-{last}",
                 status=206,
             )
-        data = await read_limited(resp, length, progress)
+        data = await read_exact(resp, length, progress)
         if data is None:
             raise op.error(RangeNotSupportedError, f"body longer than the {length} bytes asked")
         if len(data) != length:
