@@ -121,6 +121,11 @@ class FlightTable:
     def __contains__(self, digest: str) -> bool:
         return digest in self._flights
 
+    def flights_of(self, chunks: Iterable[Chunk]) -> list[Flight]:
+        """The flights fetching any of ``chunks`` now."""
+        with self._lock:
+            return [f for c in chunks if (f := self._flights.get(c.digest)) is not None]
+
     def deliver(self, flight: Flight, data: bytes) -> None:
         """Wake the waiters with verified bytes; the flight stays until ``forget``."""
         if not flight.done.is_set():

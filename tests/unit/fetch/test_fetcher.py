@@ -481,3 +481,33 @@ async def test_read_slice_reads_only_the_slice_of_a_cached_chunk() -> None:
     assert await fetch.read_slice(chunk, 250_000, 100_000) == blob.contents[0][250_000:]
     assert slices == [(250_000, 50_000)]  # clipped to the chunk, and only that part read
     assert len(source.reads) == reads
+
+
+async def test_prefetch_returns_once_chunks_others_fetch_are_in() -> None:
+    # A prewarm's prefetch of a zone that the layer's mount is prefetching already: it must
+    # not report the zone ready while those bytes are still on their way.
+    blob = make_blob([64 * KiB] * 4, seed=9)
+    source, cache = HeldSource(blob.data), DictCache()
+    fetch = LayerFetcher(
+        source, cache, layer_digest(), FetchConfig(), gate=PriorityGate(), writer=CacheWriter()
+    )
+    prefetched = anyio.Event()
+
+    async def prefetch() -> None:
+        await fetch.prefetch(blob.chunks)
+        prefetched.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(fetch.prefetch, blob.chunks[:2])  # the mount's, in flight
+        await wait_until(lambda: len(source.reads) == 1)
+        group.start_soon(prefetch)
+        await wait_until(lambda: len(source.reads) == 2)  # it asks for the rest only
+        assert source.reads[1][0] == blob.chunks[2].offset
+        source.held[1].set()
+        await wait_until(lambda: all(c.digest in cache.chunks for c in blob.chunks[2:]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert not prefetched.is_set()  # the first two are not in yet
+        source.held[0].set()
+        await prefetched.wait()
+    assert all(chunk.digest in cache.chunks for chunk in blob.chunks)
+    assert len(source.reads) == 2
