@@ -205,12 +205,16 @@ _HEADER = [
 ]
 
 
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
 def print_tables(summary: Summary, runs: int) -> None:
     for workload, links in summary.items():
         for link, figures in links.items():
             print_table(
                 f"cold start, {workload} image over {link}: PullImage to first output, "
-                f"median of {runs} runs",
+                f"median of {_runs(runs)}",
                 _HEADER,
                 _rows(figures),
             )
@@ -223,7 +227,7 @@ def _markdown(summary: Summary, report: Mapping[str, Any]) -> str:
     lines = [
         "# Cold start: PullImage to the container's first line of output",
         "",
-        f"Written by `scripts/bench-coldstart`: {report['runs']} runs of each side, medians; "
+        f"Written by `scripts/bench-coldstart`: {_runs(report['runs'])} of each side, medians; "
         f"a fresh containerd 1.6 and snapshotter each run; {report['cpus']} CPUs, "
         f"kernel {report['kernel']}. `vs` columns: how many times faster than that side. "
         "`fetched`: layer bytes the registry served during the run. `peak RSS`: the "
