@@ -74,15 +74,16 @@ class Prefetcher:
         failures: list[LazyImageError] = []
         # Chunks that another flight (a reader, the mount's own prefetch) was fetching when
         # their window came: waited for at the end, so that a prefetch that returns has its
-        # chunks at hand, whoever fetched them.
-        others: dict[int, Flight] = {}
+        # chunks at hand, whoever fetched them. Their events only: a flight holds its bytes.
+        others: dict[int, anyio.Event] = {}
         with anyio.CancelScope() as scope:
             self._running.add(scope)
             try:
                 async with anyio.create_task_group() as group:
                     slots = anyio.Semaphore(_PREFETCH_PARALLEL)
                     for window in _windows(chunks, _PREFETCH_WINDOW):
-                        others.update((id(f), f) for f in self._table.flights_of(window))
+                        flights = self._table.flights_of(window)
+                        others.update((id(f.done), f.done) for f in flights)
                         members: dict[ByteRange, list[Chunk]] = {}
                         for chunk in self.wanted(window):
                             members.setdefault(member_of(chunk), []).append(chunk)
@@ -94,8 +95,8 @@ class Prefetcher:
                                 slots.release()
                                 continue
                             group.start_soon(self._fetch_span, claimed, priority, slots, failures)
-                for flight in others.values():
-                    await flight.done.wait()
+                for done in others.values():
+                    await done.wait()
             finally:
                 self._running.discard(scope)
         if failures and not self._closed:
