@@ -178,6 +178,12 @@ class Delivery:
         wait for the writes unless the writer is behind; prefetch always waits, which paces
         it to the disk."""
 
+        # A demand read takes its bytes from its flights once they are delivered; a prefetch
+        # never does, and its flights live until its whole span is done, so they drop their
+        # bytes once stored: a span of a priority zone is tens of MB inflated. A reader that
+        # waited on such a flight and finds no bytes claims the chunk again, from the cache.
+        release = priority is not Priority.DEMAND
+
         def put() -> None:
             for flight in flights:
                 try:
@@ -187,6 +193,8 @@ class Delivery:
                     log.exception("fetch.cache_put_failed", layer=self._layer)
                 finally:
                     self._table.forget(flight)
+                    if release:
+                        flight.data = None
 
         if priority is Priority.DEMAND and self._writer.has_room():
             size = sum(len(flight.data or b"") for flight in flights)

@@ -43,7 +43,9 @@ def member_of(chunk: Chunk) -> ByteRange:
 
 class Flight:
     """One chunk being fetched. When ``done``, exactly one of ``data`` (verified bytes)
-    and ``error`` is set. ``ahead``: claimed by read-ahead, not by a reader."""
+    and ``error`` is set, except that a prefetch's flight drops its ``data`` once the cache
+    holds it (whoever finds neither claims the chunk again). ``ahead``: claimed by
+    read-ahead, not by a reader."""
 
     __slots__ = ("ahead", "chunk", "data", "done", "error", "member")
 

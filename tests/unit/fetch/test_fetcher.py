@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -481,6 +482,37 @@ async def test_read_slice_reads_only_the_slice_of_a_cached_chunk() -> None:
     assert await fetch.read_slice(chunk, 250_000, 100_000) == blob.contents[0][250_000:]
     assert slices == [(250_000, 50_000)]  # clipped to the chunk, and only that part read
     assert len(source.reads) == reads
+
+
+@dataclasses.dataclass
+class DigestCache(DictCache):
+    """Keeps what it was given only as digests, so the chunks' bytes are the fetcher's."""
+
+    def put(self, digest: str, data: bytes) -> bool:
+        self.puts.append(digest)
+        self.chunks[digest] = b""
+        return True
+
+
+async def test_prefetch_holds_one_batch_of_inflated_bytes_not_its_span() -> None:
+    # A priority zone is one span of tens of MB that inflates to more: its chunks' bytes are
+    # dropped once stored, not kept until the span ends (the agent's peak memory).
+    blob = make_blob([256 * KiB] * 48, seed=12)
+    assert len(blob.data) < 16 * MiB  # one span
+    cache = DigestCache()
+    fetch, source = fetcher(blob, cache)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        await fetch.prefetch(blob.chunks)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache.puts) == 48 and len(source.reads) == 1
+    # The span's compressed bytes (12 MiB) and a batch or two inflated, where holding
+    # every chunk until the end would add their 12 MiB.
+    assert peak < len(blob.data) + 4 * MiB, peak / MiB
 
 
 async def test_prefetch_returns_once_chunks_others_fetch_are_in() -> None:
