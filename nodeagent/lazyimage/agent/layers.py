@@ -8,6 +8,7 @@ with a reference count.
 from __future__ import annotations
 
 import ctypes
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import trio
 
 from lazyimage import errors, metrics
 from lazyimage.agent.mountbook import BookedLayer, MountBook
+from lazyimage.agent.pagecache import warm_files
 from lazyimage.agent.preload import Preloader
 from lazyimage.cache import ChunkCache, StoredTOC, TOCStore
 from lazyimage.estargz import FOOTER_SIZE, Chunk, TOCLoader
@@ -34,7 +36,6 @@ from lazyimage.fetch import (
 )
 from lazyimage.fusefs import LayerFilesystem
 from lazyimage.layer import (
-    ROOT,
     AccessRecorder,
     Following,
     LayerTree,
@@ -341,6 +342,7 @@ class LayerManager:
             }
             if mounted is not None:  # its mount may have fetched the zone before this call
                 answer["mountFetchedBytes"] = fetcher.fetched_bytes
+                answer["warmedFiles"] = await _warm(mounted, chunks)
             return answer
         finally:
             if mounted is None:
@@ -546,6 +548,32 @@ def _check_toc(mounted: MountedLayer, spec: LayerSpec) -> None:
         )
 
 
+async def _warm(mounted: MountedLayer, chunks: Sequence[Chunk]) -> int:
+    """Read the chunks' files once through the mount (``agent.pagecache``), so that a
+    container's first lookups and reads find the kernel's caches, as after a pull. These
+    reads are the agent's, not the workload's: the recorder leaves them out (the files are
+    the zone's or the profile's already, and the container's own reads will not reach the
+    agent). Returns the files read."""
+    files: list[tuple[str, int]] = []
+    tree = mounted.tree
+    for path in dict.fromkeys(chunk.path for chunk in chunks):
+        node_id = tree.find(path)
+        if node_id is None or not stat.S_ISREG(tree.attr(node_id).mode):
+            continue
+        mounted.recorder.ignore(node_id)
+        files.append((path, tree.size(node_id)))
+    warmed = await trio.to_thread.run_sync(warm_files, mounted.path, files, abandon_on_cancel=True)
+    log.info(
+        "layer_warmed",
+        layer=mounted.digest,
+        files=warmed.files,
+        bytes=warmed.bytes,
+        failed=warmed.failed,
+        skipped=warmed.skipped,
+    )
+    return warmed.files
+
+
 def _zone_chunks(tree: LayerTree) -> list[Chunk]:
     zone = tree.prefetch_zone
     if not zone:
@@ -556,11 +584,7 @@ def _zone_chunks(tree: LayerTree) -> list[Chunk]:
 def _chunks_of(tree: LayerTree, paths: list[str]) -> list[Chunk]:
     chunks: list[Chunk] = []
     for path in paths:
-        node_id: int | None = ROOT
-        for part in path.strip("/").split("/"):
-            if node_id is None:
-                break
-            node_id = tree.lookup(node_id, part.encode("utf-8", "surrogateescape"))
+        node_id = tree.find(path)
         if node_id is None:
             raise errors.NotFoundError(f"no file {path!r} in the layer")
         chunks.extend(tree.chunks_for(node_id, 0, tree.size(node_id)))

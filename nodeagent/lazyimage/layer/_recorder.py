@@ -39,6 +39,10 @@ class AccessRecorder:
         self._seen.add(key)
         self._entries.append(ProfileEntry(path, self._clock() - self._start))
 
+    def ignore(self, key: int) -> None:
+        """Never record file ``key``: its reads are the agent's own, not the workload's."""
+        self._seen.add(key)
+
     def __contains__(self, key: int) -> bool:
         return key in self._seen
 

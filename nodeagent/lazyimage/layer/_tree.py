@@ -126,6 +126,21 @@ class LayerTree:
             return self._targets[at]
         return None
 
+    def find(self, path: str) -> int | None:
+        """The node at ``path`` (relative to the layer's root) reached through directories
+        only, never through a symlink, or None."""
+        node_id = ROOT
+        for part in path.strip("/").split("/"):
+            if not part:
+                continue
+            if not self.is_dir(node_id):
+                return None
+            found = self.lookup(node_id, part.encode("utf-8", "surrogateescape"))
+            if found is None:
+                return None
+            node_id = found
+        return node_id
+
     def attr(self, node_id: int) -> Attr:
         size = self._size[node_id]
         mode = self._mode[node_id]

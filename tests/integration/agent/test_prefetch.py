@@ -86,6 +86,39 @@ def test_the_priority_zone_is_fetched_at_mount(
     assert _by_reason(agent, "demand") == before
 
 
+def _fuse_operations(agent: Any, operation: str) -> float:
+    series = f'lazyimage_fuse_operation_duration_seconds_count{{operation="{operation}"}}'
+    return float(agent.metrics().get(series, 0.0))
+
+
+def test_prefetch_of_a_mounted_layer_leaves_its_files_in_the_kernels_caches(
+    registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
+) -> None:
+    # What a prewarm order does once the node's pull has mounted the layer: afterwards a
+    # container's lookups and reads of the zone's files never reach the agent, as with files
+    # a pull has just written to disk.
+    image = push_estargz(
+        python_image, registry, "lazy/python", "--prioritize", "usr/lib/python3.11/json/**"
+    )
+    agent = agent_factory([registry.host], extra=["--no-background-fill"])
+    python_layer = image.layers[1]
+    body = {"ref": image.ref, "digest": python_layer.digest, "tocDigest": image.toc(python_layer)}
+    mounted = agent.mount(image.ref, python_layer.digest, image.toc(python_layer))
+    answer = agent.request("POST", "/v1/prefetch", body)
+    (tmp_path / "empty").mkdir()  # a read-only overlay takes two lower layers
+    merged = overlay([Path(mounted["path"]), tmp_path / "empty"], tmp_path / "merged")
+    reads, lookups = _fuse_operations(agent, "read"), _fuse_operations(agent, "lookup")
+    json_dir = merged / "usr/lib/python3.11/json"
+    names = sorted(str(p.relative_to(json_dir)) for p in json_dir.rglob("*") if p.is_file())
+    contents = {name: (json_dir / name).read_bytes() for name in names}
+    assert _fuse_operations(agent, "read") == reads  # from the page cache
+    assert _fuse_operations(agent, "lookup") == lookups  # from the dentry cache
+    assert answer["warmedFiles"] == len(names) >= 5  # the sources and their .pyc
+    assert b"JSONDecoder" in contents["decoder.py"]  # the right bytes all the same
+    # The agent's own reads are not the workload's startup profile.
+    assert agent.profile(mounted["name"]) == []
+
+
 def test_background_fill_fetches_the_rest(
     registry: RegistryServer, python_image: TestImage, agent_factory: Any, tmp_path: Path
 ) -> None:

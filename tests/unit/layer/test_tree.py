@@ -244,3 +244,22 @@ def test_the_tree_built_from_the_toc_json_is_the_tree_of_the_toc(
     blob = build_case(tmp_path, case, options)
     streamed = LayerTree.from_loader(blob.loader())
     assert observe(streamed) == observe(LayerTree(blob.toc))
+
+
+def test_find_walks_directories_and_never_a_symlink() -> None:
+    toc = toc_of(
+        [
+            TOCEntry(name="usr", type="dir", mode=0o755),
+            TOCEntry(name="usr/lib", type="dir", mode=0o755),
+            TOCEntry(name="usr/lib/a.py", type="reg", size=2, mode=0o644),
+            TOCEntry(name="lib", type="symlink", link_name="usr/lib", mode=0o777),
+        ]
+    )
+    tree = LayerTree(toc)
+    assert tree.find("usr/lib/a.py") == _at(tree, "usr/lib/a.py")
+    assert tree.find("/usr/lib/a.py") == tree.find("usr//lib/a.py") == _at(tree, "usr/lib/a.py")
+    assert tree.find("") == ROOT
+    assert tree.find("lib") == _at(tree, "lib")  # the symlink itself
+    assert tree.find("lib/a.py") is None  # not through it
+    assert tree.find("usr/lib/a.py/x") is None  # a file is no directory
+    assert tree.find("usr/nothing") is None
