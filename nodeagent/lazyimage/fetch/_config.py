@@ -49,6 +49,10 @@ class FetchConfig:
     # retries until this long after it was asked for.
     demand_deadline: float = 30.0
     max_range: int = 16 << 20  # merged ranges are at most this big
+    # A prefetch (a priority zone, a profile's files) goes in ranges of at most this size,
+    # several at once: over a slow link one TCP stream fills a fraction of it, several fill
+    # it, and each holds less memory while it is verified.
+    prefetch_range: int = 1 << 20
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
     # A demand miss also fetches the files that follow it in its directory, in the same
@@ -70,6 +74,8 @@ class FetchConfig:
             raise ValueError("background_quiet must be >= 0 and background_range positive")
         if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")
+        if self.prefetch_range <= 0:
+            raise ValueError("prefetch_range must be positive")
         if self.read_ahead < 0 or self.read_ahead_ratio < 0:
             raise ValueError("read_ahead and read_ahead_ratio must be >= 0")
 

@@ -1,8 +1,9 @@
 """Prefetch and background fill of one layer: chunks into the cache, one span at a time.
 
 A span is claimed only when its turn came (higher priorities idle, the bucket allowed its
-bytes), so a reader never waits behind a throttled request. Two spans are in flight
-together: one downloads while the other is verified and stored.
+bytes), so a reader never waits behind a throttled request. Several spans are in flight
+together: they share a slow link better than one, and some download while others are
+verified and stored.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from lazyimage.fetch._spans import SpanFetcher
 
 __all__ = ["Prefetcher"]
 
-# Ranges of one prefetch in flight together: one downloads while the other is verified.
-_PREFETCH_PARALLEL = 2
+# Ranges of one prefetch in flight together (of FetchConfig.prefetch_range each): several
+# streams fill a link one cannot, and some download while others are verified.
+_PREFETCH_PARALLEL = 4
 # Chunks a prefetch plans at a time: a layer's fill never holds a Chunk, a member and a
 # flight for each of its (maybe 100,000) chunks at once, and a window of small files still
 # makes ranges of a useful size.
@@ -69,7 +71,7 @@ class Prefetcher:
         longest = (
             self._config.background_range
             if priority is Priority.BACKGROUND
-            else self._config.max_range
+            else self._config.prefetch_range
         )
         failures: list[LazyImageError] = []
         # Chunks that another flight (a reader, the mount's own prefetch) was fetching when

@@ -46,7 +46,7 @@ async def test_demand_overtakes_a_throttled_prefetch(
     chunks = layer.chunks("app/")
     wanted = layer.file("app/file031")  # the last file: the prefetch reaches it last
     bucket = TokenBucket(rate=2 * MiB, burst=256 * KiB)
-    config = FetchConfig(max_range=1 * MiB)
+    config = FetchConfig(prefetch_range=1 * MiB)
     times: dict[str, float] = {}
     seen_when_asked: list[int] = []
 
@@ -76,11 +76,12 @@ async def test_demand_overtakes_a_throttled_prefetch(
     gets = blob_gets()
     mine = gets.index(f"bytes={wanted[0].offset}-{wanted[-1].end - 1}")
     # The demand was asked during the prefetch, and its request went out before the
-    # prefetch's later ranges: at most the two prefetch ranges already past the gate (and
-    # the bucket) reached the registry between the asking and the demand's request.
+    # prefetch's later ranges: at most the prefetch's ranges already past the gate (and
+    # the bucket), 4 at once, reached the registry between the asking and the demand's
+    # request.
     [asked] = seen_when_asked
     assert asked > 0 and mine < len(gets) - 1, (asked, mine, gets)
-    assert mine - asked <= 2, (asked, mine, gets)
+    assert mine - asked <= 4, (asked, mine, gets)
     # Throttled: the prefetch's 8 MiB cannot have taken less than the cap allows.
     assert times["prefetch"] > 2.5, times
     # The demand chunk was not fetched twice.
@@ -161,7 +162,7 @@ async def test_prefetch_zone_in_a_few_large_ranges(
     in_zone = [c for c in layer.chunks() if c.end <= zone]
     async with client_for(registry.host) as client:
         with layer_fetcher(
-            client, layer, tmp_path / "cache", FetchConfig(max_range=4 * MiB)
+            client, layer, tmp_path / "cache", FetchConfig(prefetch_range=4 * MiB)
         ) as fetch:
             registry.clear_access_log()
             await fetch.prefetch(in_zone)

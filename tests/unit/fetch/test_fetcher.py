@@ -383,37 +383,40 @@ async def test_prefetch_gives_way_to_demand() -> None:
         source,
         cache,
         layer_digest(),
-        FetchConfig(max_range=128 * KiB),
+        FetchConfig(prefetch_range=128 * KiB),
         gate=gate,
         writer=CacheWriter(),
     )
     last = blob.chunks[-1]
     demanded: list[bytes] = []
+    parallel = 4  # the prefetch's ranges in flight together
 
     async def demand() -> None:
         demanded.extend(await fetch.read([last]))
 
     async with anyio.create_task_group() as group:
         group.start_soon(fetch.prefetch, blob.chunks)
-        await wait_until(lambda: len(source.reads) == 2)  # both prefetch ranges in flight
+        await wait_until(lambda: len(source.reads) == parallel)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(source.reads) == parallel  # and no more
         group.start_soon(demand)
         # The demand's own request went out at once, beside the prefetch's.
-        await wait_until(lambda: len(source.reads) == 3)
-        assert source.reads[2] == (last.offset, last.end - last.offset)
+        await wait_until(lambda: len(source.reads) == parallel + 1)
+        assert source.reads[parallel] == (last.offset, last.end - last.offset)
         # The prefetch's ranges end; its next one waits for the demand instead of going out.
-        source.held[0].set()
-        source.held[1].set()
-        await wait_until(lambda: gate.waiting > 0 or len(source.reads) > 3)
+        for held in source.held[:parallel]:
+            held.set()
+        await wait_until(lambda: gate.waiting > 0 or len(source.reads) > parallel + 1)
         await trio.testing.wait_all_tasks_blocked()
-        assert len(source.reads) == 3 and gate.waiting == 1
+        assert len(source.reads) == parallel + 1 and gate.waiting == 1
         assert demanded == []
         # The demand is served, then the prefetch goes on with the rest.
-        source.held[2].set()
+        source.held[parallel].set()
         await wait_until(lambda: bool(demanded))
         source.open()
     assert demanded == [blob.contents[-1]]
     assert set(cache.chunks) == {c.digest for c in blob.chunks}
-    assert len(source.reads) > 4
+    assert len(source.reads) > parallel + 2
     assert source.bytes_read == last.end - blob.chunks[0].offset  # nothing fetched twice
 
 
@@ -450,12 +453,15 @@ async def test_demand_on_one_layer_holds_back_prefetch_on_another_sharing_the_ga
 
 async def test_close_ends_prefetch_and_refuses_reads() -> None:
     blob = make_blob([64 * KiB] * 20, seed=7)
-    fetch, source = fetcher(blob, config=FetchConfig(max_range=64 * KiB), delay=0.05)
+    fetch, source = fetcher(blob, config=FetchConfig(prefetch_range=64 * KiB), delay=0.05)
     async with anyio.create_task_group() as group:
         group.start_soon(fetch.prefetch, blob.chunks)
         await anyio.sleep(0.12)
         fetch.close()
-    assert len(source.reads) < 10
+        at_close = len(source.reads)
+    assert at_close < 20  # the prefetch ended before it was through
+    await anyio.sleep(0.2)
+    assert len(source.reads) == at_close
     with pytest.raises(UnavailableError, match="closed"):
         await fetch.read(blob.chunks[:1])
     with pytest.raises(ValueError):
@@ -500,7 +506,7 @@ async def test_prefetch_holds_one_batch_of_inflated_bytes_not_its_span() -> None
     blob = make_blob([256 * KiB] * 48, seed=12)
     assert len(blob.data) < 16 * MiB  # one span
     cache = DigestCache()
-    fetch, source = fetcher(blob, cache)
+    fetch, source = fetcher(blob, cache, FetchConfig(prefetch_range=16 * MiB))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -85,7 +85,9 @@ async def test_bucket_caps_prefetch_bandwidth() -> None:
     blob = make_blob([50 * KiB] * 8, seed=8)
     rate, burst = 400 * KiB, 16 * KiB
     source = MemorySource(blob.data)
-    fetch = fetcher(source, FetchConfig(max_range=100 * KiB), TokenBucket(rate=rate, burst=burst))
+    fetch = fetcher(
+        source, FetchConfig(prefetch_range=100 * KiB), TokenBucket(rate=rate, burst=burst)
+    )
     started = anyio.current_time()
     await fetch.prefetch(blob.chunks)
     assert len(source.reads) > 1
