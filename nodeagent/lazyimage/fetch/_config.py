@@ -53,6 +53,10 @@ class FetchConfig:
     # several at once: over a slow link one TCP stream fills a fraction of it, several fill
     # it, and each holds less memory while it is verified.
     prefetch_range: int = 1 << 20
+    # A prefetch whose chunks span this much of the blob or more is a large working set (a
+    # model's weights): it goes in ranges of max_range, fewer at once, which costs fewer
+    # requests for the same bytes and holds no more memory.
+    bulk_prefetch: int = 64 << 20
     max_requests: int = 8  # concurrent range requests per layer
     merge_gap: int = 64 << 10  # chunks this close in the blob share a request
     # A demand miss also fetches the files that follow it in its directory, in the same
@@ -74,8 +78,8 @@ class FetchConfig:
             raise ValueError("background_quiet must be >= 0 and background_range positive")
         if self.max_range <= 0 or self.max_requests <= 0 or self.merge_gap < 0:
             raise ValueError("max_range and max_requests must be positive, merge_gap >= 0")
-        if self.prefetch_range <= 0:
-            raise ValueError("prefetch_range must be positive")
+        if self.prefetch_range <= 0 or self.bulk_prefetch <= 0:
+            raise ValueError("prefetch_range and bulk_prefetch must be positive")
         if self.read_ahead < 0 or self.read_ahead_ratio < 0:
             raise ValueError("read_ahead and read_ahead_ratio must be >= 0")
 

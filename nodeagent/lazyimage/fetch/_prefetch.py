@@ -23,9 +23,12 @@ from lazyimage.fetch._spans import SpanFetcher
 
 __all__ = ["Prefetcher"]
 
-# Ranges of one prefetch in flight together (of FetchConfig.prefetch_range each): several
-# streams fill a link one cannot, and some download while others are verified.
-_PREFETCH_PARALLEL = 4
+# Slots of one prefetch's ranges in flight together: a range of FetchConfig.prefetch_range
+# takes one, so several streams fill a link that one cannot and some download while others
+# are verified; bulk ranges (max_range) share them so that two are in flight, which bounds
+# the memory they hold.
+_PREFETCH_SLOTS = 4
+_BULK_IN_FLIGHT = 2
 # Chunks a prefetch plans at a time: a layer's fill never holds a Chunk, a member and a
 # flight for each of its (maybe 100,000) chunks at once, and a window of small files still
 # makes ranges of a useful size.
@@ -68,11 +71,6 @@ class Prefetcher:
 
     async def prefetch(self, chunks: Iterable[Chunk], priority: Priority) -> None:
         """LayerFetcher.prefetch: ``chunks`` into the cache, a window at a time."""
-        longest = (
-            self._config.background_range
-            if priority is Priority.BACKGROUND
-            else self._config.prefetch_range
-        )
         failures: list[LazyImageError] = []
         # Chunks that another flight (a reader, the mount's own prefetch) was fetching when
         # their window came: waited for at the end, so that a prefetch that returns has its
@@ -82,8 +80,9 @@ class Prefetcher:
             self._running.add(scope)
             try:
                 async with anyio.create_task_group() as group:
-                    slots = anyio.Semaphore(_PREFETCH_PARALLEL)
+                    slots = anyio.Semaphore(_PREFETCH_SLOTS)
                     for window in _windows(chunks, _PREFETCH_WINDOW):
+                        longest, weight = self._ranges_for(window, priority)
                         flights = self._table.flights_of(window)
                         others.update((id(f.done), f.done) for f in flights)
                         members: dict[ByteRange, list[Chunk]] = {}
@@ -91,18 +90,30 @@ class Prefetcher:
                             members.setdefault(member_of(chunk), []).append(chunk)
                         gap = self._config.merge_gap
                         for span in merge_ranges(members, max_gap=gap, max_size=longest):
-                            await slots.acquire()
+                            for _ in range(weight):  # only this loop acquires: no deadlock
+                                await slots.acquire()
                             claimed = await self._claim_span(span, members, priority)
                             if not claimed:
-                                slots.release()
+                                _release(slots, weight)
                                 continue
-                            group.start_soon(self._fetch_span, claimed, priority, slots, failures)
+                            group.start_soon(
+                                self._fetch_span, claimed, priority, slots, weight, failures
+                            )
                 for done in others.values():
                     await done.wait()
             finally:
                 self._running.discard(scope)
         if failures and not self._closed:
             raise failures[0]
+
+    def _ranges_for(self, window: list[Chunk], priority: Priority) -> tuple[int, int]:
+        """The longest range for a window of chunks, and the slots each of its ranges takes."""
+        config = self._config
+        if priority is Priority.BACKGROUND:
+            return config.background_range, 1
+        if window[-1].end - window[0].offset >= config.bulk_prefetch:
+            return config.max_range, _PREFETCH_SLOTS // _BULK_IN_FLIGHT
+        return config.prefetch_range, 1
 
     def close(self) -> None:
         """End running prefetches quietly."""
@@ -149,10 +160,16 @@ class Prefetcher:
         flights: list[Flight],
         priority: Priority,
         slots: anyio.Semaphore,
+        weight: int,
         failures: list[LazyImageError],
     ) -> None:
         try:
             await self._spans.fetch(flights, priority)
         finally:
-            slots.release()
+            _release(slots, weight)
         failures.extend(f.error for f in flights if isinstance(f.error, LazyImageError))
+
+
+def _release(slots: anyio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        slots.release()

@@ -451,6 +451,31 @@ async def test_demand_on_one_layer_holds_back_prefetch_on_another_sharing_the_ga
     assert set(filler_cache.chunks) == {c.digest for c in prefetched.chunks}
 
 
+@pytest.mark.parametrize(
+    ("bulk_prefetch", "longest", "in_flight"),
+    [(100 * MiB, 128 * KiB, 4), (1 * MiB, 512 * KiB, 2)],
+    ids=["a zone: short ranges, 4 at once", "a large working set: long ranges, 2 at once"],
+)
+async def test_prefetch_ranges_follow_the_size_of_what_it_fetches(
+    bulk_prefetch: int, longest: int, in_flight: int
+) -> None:
+    blob = make_blob([64 * KiB] * 40, seed=13)  # about 2.5 MiB
+    source = HeldSource(blob.data)
+    config = FetchConfig(prefetch_range=128 * KiB, max_range=512 * KiB, bulk_prefetch=bulk_prefetch)
+    fetch = LayerFetcher(
+        source, DictCache(), layer_digest(), config, gate=PriorityGate(), writer=CacheWriter()
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(fetch.prefetch, blob.chunks)
+        await wait_until(lambda: len(source.reads) == in_flight)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(source.reads) == in_flight  # and no more until one ends
+        source.open()
+    assert max(length for _, length in source.reads) <= longest
+    assert max(length for _, length in source.reads) > longest // 2  # merged up to it
+    assert source.bytes_read == blob.chunks[-1].end - blob.chunks[0].offset
+
+
 async def test_close_ends_prefetch_and_refuses_reads() -> None:
     blob = make_blob([64 * KiB] * 20, seed=7)
     fetch, source = fetcher(blob, config=FetchConfig(prefetch_range=64 * KiB), delay=0.05)
