@@ -342,7 +342,7 @@ class LayerManager:
             }
             if mounted is not None:  # its mount may have fetched the zone before this call
                 answer["mountFetchedBytes"] = fetcher.fetched_bytes
-                answer["warmedFiles"] = await _warm(mounted, chunks)
+                answer["warmedFiles"] = await _warm(mounted, chunks, profiled=bool(paths))
             return answer
         finally:
             if mounted is None:
@@ -460,7 +460,7 @@ class LayerManager:
                 zone = _zone_chunks(layer.tree)
                 await layer.fetcher.prefetch(zone, Priority.PREFETCH)
                 if zone:
-                    await _warm(layer, zone)
+                    await _warm(layer, zone, profiled=False)
                 layer.prefetch_done.set()
                 if background:
                     # Lazily: the fetcher takes the layer's chunks a window at a time.
@@ -551,19 +551,22 @@ def _check_toc(mounted: MountedLayer, spec: LayerSpec) -> None:
         )
 
 
-async def _warm(mounted: MountedLayer, chunks: Sequence[Chunk]) -> int:
+async def _warm(mounted: MountedLayer, chunks: Sequence[Chunk], *, profiled: bool) -> int:
     """Read the chunks' files once through the mount (``agent.pagecache``), so that a
-    container's first lookups and reads find the kernel's caches, as after a pull. These
-    reads are the agent's, not the workload's: the recorder leaves them out (the files are
-    the zone's or the profile's already, and the container's own reads will not reach the
-    agent). Returns the files read."""
+    container's first lookups and reads find the kernel's caches, as after a pull. The
+    container's own reads of them will not reach the agent, so the recorder cannot see them:
+    files of the learned profile (``profiled``) are recorded by these reads, so that the
+    profile this node reports keeps them; a zone's files are left out of it, as they are
+    fetched with the zone anyway and would crowd out the files the profile is for. Returns
+    the files read."""
     files: list[tuple[str, int]] = []
     tree = mounted.tree
     for path in dict.fromkeys(chunk.path for chunk in chunks):
         node_id = tree.find(path)
         if node_id is None or not stat.S_ISREG(tree.attr(node_id).mode):
             continue
-        mounted.recorder.ignore(node_id)
+        if not profiled:
+            mounted.recorder.ignore(node_id)
         files.append((path, tree.size(node_id)))
     warmed = await trio.to_thread.run_sync(warm_files, mounted.path, files, abandon_on_cancel=True)
     log.info(

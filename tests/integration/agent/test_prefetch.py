@@ -118,8 +118,15 @@ def test_prefetch_of_a_mounted_layer_leaves_its_files_in_the_kernels_caches(
     assert _fuse_operations(agent, "lookup") == lookups  # from the dentry cache
     assert answer["warmedFiles"] == len(names) >= 5  # the sources and their .pyc
     assert b"JSONDecoder" in contents["decoder.py"]  # the right bytes all the same
-    # The agent's own reads are not the workload's startup profile.
+    # The zone's files are fetched with the zone anyway: the agent's reads of them are not
+    # the workload's startup profile.
     assert agent.profile(mounted["name"]) == []
+    # A learned profile's files are warmed too, and stay in the profile this node reports,
+    # since the workload's reads of them will not reach the agent.
+    colorsys = "usr/lib/python3.11/colorsys.py"
+    named = agent.request("POST", "/v1/prefetch", {**body, "paths": [colorsys]})
+    assert named["warmedFiles"] == 1
+    assert [entry["path"] for entry in agent.profile(mounted["name"])] == [colorsys]
 
 
 def test_background_fill_fetches_the_rest(
