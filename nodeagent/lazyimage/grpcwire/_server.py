@@ -232,7 +232,8 @@ class Server:
 
     def _want_write(self, conn: _Connection, want: bool) -> None:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-        self._selector.modify(conn.sock, events, conn.on_ready)
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events, conn.on_ready)
 
     def _forget(self, conn: _Connection) -> None:
         self._connections.discard(conn)
@@ -250,6 +251,9 @@ class Server:
     def _call(self, conn: _Connection, stream: _Stream) -> None:
         code, message = StatusCode.OK, ""
         try:
+            # A call its client gave up on while it waited for a thread is not run.
+            if stream.cancelled:
+                return
             if stream.deadline is not None and time.monotonic() > stream.deadline:
                 raise RpcError(StatusCode.DEADLINE_EXCEEDED, "the deadline passed in the queue")
             assert stream.method is not None

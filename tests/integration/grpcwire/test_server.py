@@ -33,8 +33,10 @@ class Echo:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.echoed: list[bytes] = []
 
     def echo(self, request: BytesValue) -> BytesValue:
+        self.echoed.append(request.value)
         return BytesValue(value=request.value)
 
     def block(self, request: BytesValue) -> BytesValue:
@@ -51,7 +53,7 @@ class Echo:
         for n in range(request.value):
             yield BytesValue(value=n.to_bytes(4, "big") * (16 << 10))  # 64 KiB each
 
-    def server(self, path: Path) -> Server:
+    def server(self, path: Path, max_workers: int = 16) -> Server:
         return Server(
             {
                 "/test.Echo/Echo": unary(BytesValue.FromString, self.echo),
@@ -60,6 +62,7 @@ class Echo:
                 "/test.Echo/Many": server_streaming(UInt32Value.FromString, self.many),
             },
             path,
+            max_workers=max_workers,
         )
 
 
@@ -156,6 +159,29 @@ def test_a_blocked_call_holds_up_no_other(echo: Echo, served: tuple[grpc.Channel
     assert not blocked.done()
     echo.release.set()
     assert blocked.result(10).value == b"released"
+
+
+def test_a_call_whose_deadline_passed_while_it_waited_for_a_thread_is_not_run(
+    echo: Echo, tmp_path: Path
+) -> None:
+    server = echo.server(tmp_path / "one.sock", max_workers=1)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"unix://{tmp_path / 'one.sock'}") as channel:
+            blocked = _unary(channel, "Block").future(BytesValue())
+            assert echo.entered.wait(10)
+            started = time.monotonic()
+            late = _code(lambda: _unary(channel, "Echo")(BytesValue(value=b"late"), timeout=0.3))
+            assert late[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Past the deadline as the server counts it too (from when the call reached it).
+            time.sleep(max(0.0, started + 0.6 - time.monotonic()))
+            echo.release.set()
+            assert blocked.result(10).value == b"released"
+            assert _unary(channel, "Echo")(BytesValue(value=b"next")).value == b"next"
+        assert echo.echoed == [b"next"]
+    finally:
+        echo.release.set()
+        server.stop(0)
 
 
 def _refuses_connections(path: Path) -> bool:
