@@ -9,6 +9,7 @@ call that had not started. Calls made at the same time each get their own connec
 from __future__ import annotations
 
 import contextlib
+import errno
 import select
 import socket
 import threading
@@ -141,6 +142,7 @@ class _Answer:
 
     reader: MessageReader
     messages: list[bytes] = field(default_factory=list)
+    sent: bool = False  # the whole request, END_STREAM included
     http_status: str = ""
     content_type: str = ""
     status: tuple[StatusCode, str] | None = None
@@ -240,6 +242,9 @@ class _Connection:
             if self._aborted:
                 raise RpcError(StatusCode.CANCELLED, "the channel was closed") from None
             reason = exc.strerror or type(exc).__name__
+            if not answer.sent:
+                # The server cannot have started a call whose request it never got whole.
+                raise _Unprocessed(f"connection lost before the call was sent: {reason}") from None
             raise RpcError(StatusCode.UNAVAILABLE, f"connection lost: {reason}") from None
         return self._result(answer)
 
@@ -260,6 +265,7 @@ class _Connection:
             offset += window
         self._h2.end_stream(stream_id)
         self._flush()
+        answer.sent = True
 
     def _receive(self, stream_id: int, deadline: float, answer: _Answer) -> None:
         remaining = deadline - time.monotonic()
@@ -268,8 +274,7 @@ class _Connection:
         self._sock.settimeout(remaining)
         data = self._sock.recv(_READ_SIZE)
         if not data:
-            self.usable = False
-            raise RpcError(StatusCode.UNAVAILABLE, "the server closed the connection")
+            raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
         for event in self._h2.receive_data(data):
             self._on_event(stream_id, event, answer)
         self._flush()

@@ -4,6 +4,7 @@ yet or restarts, limits, concurrent calls, and ``close`` during a call."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 from lazyimage.grpcwire import Channel, RpcError, StatusCode
@@ -185,3 +189,62 @@ def test_close_ends_a_call_in_progress(backend: Backend, tmp_path: Path) -> None
     assert backend.cancelled.wait(10)  # the server heard the connection go
     closed = _error(lambda: _echo(channel, b"x"))
     assert closed.code == StatusCode.CANCELLED
+
+
+def _serve_raw(listener: socket.socket, answer: Callable[[int, int], bool]) -> None:
+    """A bare h2 server for the cases grpcio will not make on cue: for the n-th request
+    (counting over all connections) on stream ``s``, ``answer(n, s)`` says whether to reply
+    (an empty BytesValue) or to send GOAWAY naming the streams before it, and hang up."""
+    seen = 0
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return  # the test closed the listener
+        with sock:
+            conn = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+            )
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            hang_up = False
+            while not hang_up and (data := sock.recv(65536)):
+                for event in conn.receive_data(data):
+                    if not isinstance(event, h2.events.StreamEnded):
+                        continue
+                    sid = event.stream_id
+                    assert sid is not None
+                    seen += 1
+                    if answer(seen, sid):
+                        conn.send_headers(
+                            sid, [(":status", "200"), ("content-type", "application/grpc")]
+                        )
+                        conn.send_data(sid, b"\0\0\0\0\0")
+                        conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                    else:
+                        conn.close_connection(last_stream_id=sid - 2)
+                        hang_up = True
+                sock.sendall(conn.data_to_send())
+
+
+def test_a_call_the_closing_server_did_not_take_is_made_again_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "raw.sock"
+    streams: list[tuple[int, int]] = []
+
+    def answer(n: int, sid: int) -> bool:
+        streams.append((n, sid))
+        return n != 2  # the second call, on the kept connection, meets a GOAWAY
+
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(4)
+        threading.Thread(target=_serve_raw, args=(listener, answer), daemon=True).start()
+        channel = Channel(path)
+        assert _echo(channel, b"") == b""
+        assert _echo(channel, b"") == b""
+        channel.close()
+        listener.shutdown(socket.SHUT_RDWR)
+    # Stream 3 on the first connection was refused; it went again as stream 1 of a new one.
+    assert streams == [(1, 1), (2, 3), (3, 1)]
