@@ -26,6 +26,7 @@ import h2.events
 import h2.exceptions
 
 from lazyimage.grpcwire._frames import MAX_MESSAGE, Message, MessageReader, frame
+from lazyimage.grpcwire._goaway import GoAwayFilter
 from lazyimage.grpcwire._headers import CONTENT_TYPE, encode_timeout, is_grpc_content_type
 from lazyimage.grpcwire._status import RpcError, StatusCode, parse_status, status_from_http
 
@@ -161,6 +162,7 @@ class _Connection:
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
+        self._goaway = GoAwayFilter()
         self.usable = True
         self._aborted = False
 
@@ -187,9 +189,9 @@ class _Connection:
                 data = self._sock.recv(_READ_SIZE)
                 if not data:
                     return False
-                for event in self._h2.receive_data(data):
-                    if isinstance(event, h2.events.ConnectionTerminated):
-                        return False
+                self._h2.receive_data(self._goaway.feed(data))
+                if self._goaway.last_stream_id is not None:
+                    return False
             self._flush()
         except (OSError, h2.exceptions.ProtocolError, ValueError):
             return False
@@ -275,18 +277,17 @@ class _Connection:
         data = self._sock.recv(_READ_SIZE)
         if not data:
             raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
-        for event in self._h2.receive_data(data):
+        for event in self._h2.receive_data(self._goaway.feed(data)):
             self._on_event(stream_id, event, answer)
         self._flush()
+        last = self._goaway.last_stream_id
+        if last is not None:
+            # No new call goes on this connection; this one goes on if the server named it.
+            self.usable = False
+            if last < stream_id and not answer.ended:
+                raise _Unprocessed("the server was shutting down (GOAWAY)")
 
     def _on_event(self, stream_id: int, event: h2.events.Event, answer: _Answer) -> None:
-        if isinstance(event, h2.events.ConnectionTerminated):
-            # h2 takes nothing more on a connection once the server said GOAWAY.
-            self.usable = False
-            if event.last_stream_id is not None and event.last_stream_id < stream_id:
-                raise _Unprocessed("the server was shutting down (GOAWAY)")
-            if not answer.ended:
-                raise RpcError(StatusCode.UNAVAILABLE, "the server went away (GOAWAY)")
         if getattr(event, "stream_id", None) != stream_id:
             return
         if isinstance(event, h2.events.ResponseReceived):

@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 
 _Request = TypeVar("_Request")
 _READ_SIZE = 1 << 16
+# How long a stopping server, its calls all answered, waits for each client to read the last
+# replies and hang up, before it closes the connection itself.
+_LINGER = 1.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class Server:
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
         self._connections: set[_Connection] = set()
         self._stop_deadline: float | None = None
+        self._idle_since: float | None = None  # stopping, and no call left
         self._stopped = threading.Event()
         self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, self._drain_wake)
@@ -167,7 +171,7 @@ class Server:
             while not self._finished():
                 timeout = None
                 if self._stop_deadline is not None:
-                    timeout = max(self._stop_deadline - time.monotonic(), 0.0)
+                    timeout = max(self._stop_by() - time.monotonic(), 0.0)
                 for key, mask in self._selector.select(timeout):
                     key.data(mask)
                 while self._posted:
@@ -180,8 +184,24 @@ class Server:
     def _finished(self) -> bool:
         if self._stop_deadline is None:
             return False
-        busy = any(conn.busy() for conn in self._connections)
-        return not busy or time.monotonic() >= self._stop_deadline
+        now = time.monotonic()
+        if any(conn.busy() for conn in self._connections):
+            return now >= self._stop_deadline
+        # Every call is answered. A client whose writes failed on a closed socket could
+        # lose replies it had not read yet, so each connection is half-closed and the
+        # client hangs up first (they do, after a GOAWAY), for up to _LINGER.
+        for conn in list(self._connections):
+            conn.drain()
+        if self._idle_since is None:
+            self._idle_since = now
+        return not self._connections or now >= self._stop_by()
+
+    def _stop_by(self) -> float:
+        """When a stopping server closes whatever is left."""
+        assert self._stop_deadline is not None
+        if self._idle_since is None:
+            return self._stop_deadline
+        return self._idle_since + _LINGER
 
     def _begin_stop(self, grace: float) -> None:
         if self._stop_deadline is not None:
@@ -292,6 +312,7 @@ class _Connection:
         self._streams: dict[int, _Stream] = {}
         self._outbox = bytearray()
         self._last_stream: int | None = None  # set by our GOAWAY: later streams are refused
+        self._draining = False  # half-closed by a stopping server
         self._closed = False
 
     def busy(self) -> bool:
@@ -488,8 +509,20 @@ class _Connection:
         self._outbox += goaway.serialize()
         self.flush()
 
+    def drain(self) -> None:
+        """Half-close once everything is written: the client reads it all, then hangs up."""
+        if self._draining or self._closed or self._outbox:
+            return
+        self._draining = True
+        self._server._want_write(self, False)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
     def flush(self) -> None:
         if self._closed:
+            return
+        if self._draining:
+            self._h2.data_to_send()  # nothing more can be written (acks of late frames)
             return
         self._outbox += self._h2.data_to_send()
         while self._outbox:

@@ -18,6 +18,7 @@ import h2.connection
 import h2.events
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
+from hyperframe.frame import GoAwayFrame
 from lazyimage.grpcwire import Channel, RpcError, StatusCode
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -192,10 +193,11 @@ def test_close_ends_a_call_in_progress(backend: Backend, tmp_path: Path) -> None
     assert closed.code == StatusCode.CANCELLED
 
 
-def _serve_raw(listener: socket.socket, answer: Callable[[int, int], bool]) -> None:
+def _serve_raw(listener: socket.socket, answer: Callable[[int, int], str]) -> None:
     """A bare h2 server for the cases grpcio will not make on cue: for the n-th request
-    (counting over all connections) on stream ``s``, ``answer(n, s)`` says whether to reply
-    (an empty BytesValue) or to send GOAWAY naming the streams before it, and hang up."""
+    (counting over all connections) on stream ``s``, ``answer(n, s)`` says what to do:
+    "reply" (an empty BytesValue), "refuse" (GOAWAY naming the streams before it, and hang
+    up) or "stop" (GOAWAY naming it, as a graceful stop does, then the reply and hang up)."""
     seen = 0
     while True:
         try:
@@ -217,7 +219,14 @@ def _serve_raw(listener: socket.socket, answer: Callable[[int, int], bool]) -> N
                     sid = event.stream_id
                     assert sid is not None
                     seen += 1
-                    if answer(seen, sid):
+                    what = answer(seen, sid)
+                    if what == "stop":
+                        # h2 sends nothing after its own GOAWAY: write the frame by hand.
+                        sock.sendall(conn.data_to_send())
+                        frame = GoAwayFrame(0, last_stream_id=sid, error_code=0)
+                        sock.sendall(frame.serialize())
+                        hang_up = True
+                    if what in ("reply", "stop"):
                         conn.send_headers(
                             sid, [(":status", "200"), ("content-type", "application/grpc")]
                         )
@@ -235,9 +244,9 @@ def test_a_call_the_closing_server_did_not_take_is_made_again_on_a_new_connectio
     path = tmp_path / "raw.sock"
     streams: list[tuple[int, int]] = []
 
-    def answer(n: int, sid: int) -> bool:
+    def answer(n: int, sid: int) -> str:
         streams.append((n, sid))
-        return n != 2  # the second call, on the kept connection, meets a GOAWAY
+        return "refuse" if n == 2 else "reply"  # the second, on the kept connection
 
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
@@ -252,4 +261,28 @@ def test_a_call_the_closing_server_did_not_take_is_made_again_on_a_new_connectio
         server.join(10)
         assert not server.is_alive()
     # Stream 3 on the first connection was refused; it went again as stream 1 of a new one.
+    assert streams == [(1, 1), (2, 3), (3, 1)]
+
+
+def test_a_call_the_stopping_server_named_in_its_goaway_is_answered(tmp_path: Path) -> None:
+    path = tmp_path / "raw.sock"
+    streams: list[tuple[int, int]] = []
+
+    def answer(n: int, sid: int) -> str:
+        streams.append((n, sid))
+        return "stop" if n == 2 else "reply"
+
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(4)
+        server = threading.Thread(target=_serve_raw, args=(listener, answer), daemon=True)
+        server.start()
+        channel = Channel(path)
+        assert _echo(channel, b"") == b""
+        assert _echo(channel, b"") == b""  # answered after the GOAWAY that named it
+        assert _echo(channel, b"") == b""  # on a new connection: the old one is closing
+        channel.close()
+        listener.shutdown(socket.SHUT_RDWR)
+        server.join(10)
+        assert not server.is_alive()
     assert streams == [(1, 1), (2, 3), (3, 1)]

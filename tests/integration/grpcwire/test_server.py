@@ -18,6 +18,7 @@ import h2.events
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue, UInt32Value
 from lazyimage.grpcwire import MAX_MESSAGE, RpcError, Server, StatusCode, server_streaming, unary
+from lazyimage.grpcwire._goaway import GoAwayFilter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -275,3 +276,45 @@ def test_http_that_is_not_grpc_is_refused_as_the_protocol_says(
     answer = _raw_request(tmp_path / "echo.sock", gzip)
     assert (answer[":status"], answer["grpc-status"]) == ("200", str(StatusCode.UNIMPLEMENTED))
     assert "grpc-encoding gzip is not supported" in answer["grpc-message"]
+
+
+def test_a_stopping_server_lets_the_client_read_its_reply_and_hang_up_first(
+    echo: Echo, served: tuple[grpc.Channel, Server], tmp_path: Path
+) -> None:
+    _, server = served
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    conn.initiate_connection()
+    headers = [
+        *((":method", "POST"), (":scheme", "http"), (":authority", "localhost")),
+        *((":path", "/test.Echo/Block"), ("content-type", "application/grpc")),
+    ]
+    conn.send_headers(1, headers)
+    conn.send_data(1, b"\0\0\0\0\0", end_stream=True)
+    goaway = GoAwayFilter()  # the server says GOAWAY before the reply: h2 would stop there
+    stopping = threading.Thread(target=server.stop, args=(30.0,))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(tmp_path / "echo.sock"))
+        sock.sendall(conn.data_to_send())
+        assert echo.entered.wait(10)
+        stopping.start()
+        echo.release.set()
+        trailers: dict[str, str] = {}
+        while not trailers:
+            data = sock.recv(65536)
+            assert data, "the server hung up before the reply was read"
+            for event in conn.receive_data(goaway.feed(data)):
+                if isinstance(event, h2.events.TrailersReceived):
+                    trailers = {str(k): str(v) for k, v in event.headers or []}
+        assert trailers["grpc-status"] == "0"
+        assert goaway.last_stream_id == 1
+        # The client still writes after the last reply (acks, a PING): no broken pipe.
+        conn.ping(b"12345678")
+        sock.sendall(conn.data_to_send())
+        while sock.recv(65536):  # up to the server's half-close
+            pass
+        assert stopping.is_alive()  # the connection is the client's to end
+    stopping.join(10)
+    assert not stopping.is_alive() and server.wait(0)
