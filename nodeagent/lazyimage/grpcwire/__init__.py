@@ -13,7 +13,8 @@ server-streaming methods served from a thread pool (``Server``), unary calls wit
 
 from lazyimage.grpcwire._client import Channel
 from lazyimage.grpcwire._frames import MAX_MESSAGE, Message
-from lazyimage.grpcwire._server import Method, Server, server_streaming, unary
+from lazyimage.grpcwire._methods import Method, server_streaming, unary
+from lazyimage.grpcwire._server import Server
 from lazyimage.grpcwire._status import RpcError, StatusCode
 
 __all__ = [

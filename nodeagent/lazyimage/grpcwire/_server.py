@@ -17,11 +17,10 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import h2.config
 import h2.connection
@@ -31,55 +30,19 @@ import h2.exceptions
 import structlog
 from hyperframe.frame import GoAwayFrame
 
-from lazyimage.grpcwire._frames import MAX_MESSAGE, Message, MessageReader, frame
+from lazyimage.grpcwire._frames import MAX_MESSAGE, MessageReader, frame
 from lazyimage.grpcwire._headers import CONTENT_TYPE, decode_timeout, is_grpc_content_type
+from lazyimage.grpcwire._methods import Method
 from lazyimage.grpcwire._status import RpcError, StatusCode, status_headers
 
-__all__ = ["Method", "Server", "server_streaming", "unary"]
+__all__ = ["Server"]
 
 log = structlog.get_logger(__name__)
 
-_Request = TypeVar("_Request")
 _READ_SIZE = 1 << 16
 # How long a stopping server, its calls all answered, waits for each client to read the last
 # replies and hang up, before it closes the connection itself.
 _LINGER = 1.0
-
-
-@dataclass(frozen=True)
-class Method:
-    """A method's handler, from the request's bytes to the replies' bytes; a unary
-    method's yields exactly one."""
-
-    handler: Callable[[bytes], Iterable[bytes]]
-
-
-def _parse(parse: Callable[[bytes], _Request], data: bytes) -> _Request:
-    try:
-        return parse(data)
-    except Exception as exc:  # the parser's own errors (protobuf's DecodeError, ...)
-        raise RpcError(StatusCode.INTERNAL, f"cannot parse the request: {exc}") from None
-
-
-def unary(parse: Callable[[bytes], _Request], call: Callable[[_Request], Message]) -> Method:
-    """A method with one reply: ``call(parse(request))``."""
-
-    def handler(data: bytes) -> Iterator[bytes]:
-        yield call(_parse(parse, data)).SerializeToString()
-
-    return Method(handler)
-
-
-def server_streaming(
-    parse: Callable[[bytes], _Request], call: Callable[[_Request], Iterable[Message]]
-) -> Method:
-    """A method with a stream of replies: those of ``call(parse(request))``."""
-
-    def handler(data: bytes) -> Iterator[bytes]:
-        for reply in call(_parse(parse, data)):
-            yield reply.SerializeToString()
-
-    return Method(handler)
 
 
 @dataclass(eq=False)
