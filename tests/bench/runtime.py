@@ -1,12 +1,12 @@
 """A Python environment with lazyimage's runtime dependencies only, as the agent's image has.
 
 The development environment (.venv) also holds the test and lint tools, and some of them
-change what the agent loads: structlog imports ``rich`` when it is installed, grpc imports
-``grpc_tools``, httpx ``click``. A benchmark that reports the agent's memory runs it here
-instead, so the figure is the deployed agent's. The environment is built once per
-``pyproject.toml`` and patched pyfuse3 wheel (``scripts/setup`` builds it and says where)
-and kept in the cache directory; the agent's code
-still comes from the checkout (``AgentProcess`` puts it first on ``PYTHONPATH``).
+change what the agent loads: structlog imports ``rich`` when it is installed, httpx
+``click``. A benchmark that reports the agent's memory runs it here instead, so the figure is
+the deployed agent's. The environment is built once per ``pyproject.toml`` (so anew when its
+dependency lists change) and patched pyfuse3 wheel (``scripts/setup`` builds it and says
+where) and kept in the cache directory; the agent's code still comes from the checkout
+(``AgentProcess`` puts it first on ``PYTHONPATH``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
 
-    # Block the stop signals in every thread (gRPC's threads inherit the mask) and wait for
+    # Block the stop signals in every thread (the server's threads inherit the mask) and wait for
     # them synchronously. A handler that set a threading.Event could deadlock on the
     # Event's own lock if the signal landed while the main thread held it.
     stop_signals = {signal.SIGTERM, signal.SIGINT}

@@ -2,8 +2,8 @@
 
 A prewarm that pulls through it leaves the image known to containerd, its eStargz layers
 committed as remote snapshots of the lazyimage snapshotter, so kubelet's ``ImageStatus``
-finds the image and its ``PullImage`` costs nothing. The calls block (gRPC's synchronous
-API); the agent runs them in a worker thread.
+finds the image and its ``PullImage`` costs nothing. The calls block; the agent runs them in
+a worker thread.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
-
 from lazyimage import errors
+from lazyimage.grpcwire import Channel, Message, RpcError
 from lazyimage.snapshotter._proto.cri.runtime.v1 import api_pb2 as cri
-from lazyimage.snapshotter._proto.cri.runtime.v1 import api_pb2_grpc as cri_grpc
 
 __all__ = ["CriError", "CriImageService", "PullAuth"]
 
@@ -27,6 +25,7 @@ _PULL_TIMEOUT = 900.0
 _STATUS_TIMEOUT = 30.0
 
 _HANDLER_ANNOTATION = "io.containerd.cri.runtime-handler"
+_SERVICE = "/runtime.v1.ImageService/"
 
 _T = TypeVar("_T")
 
@@ -59,9 +58,8 @@ class CriImageService:
     def __init__(self, socket: Path, runtime_handler: str = "") -> None:
         self.socket = socket
         self.runtime_handler = runtime_handler
-        # gRPC connects lazily and reconnects by itself: containerd may restart under us.
-        self._channel = grpc.insecure_channel(f"unix://{socket}")
-        self._images = cri_grpc.ImageServiceStub(self._channel)
+        # Connects when a call needs it, and again after containerd restarted.
+        self._channel = Channel(socket)
 
     def close(self) -> None:
         self._channel.close()
@@ -74,14 +72,16 @@ class CriImageService:
             auth=None if auth is None else cri.AuthConfig(**vars(auth)),
             sandbox_config=self._sandbox(),
         )
-        answer = self._call("PullImage", image, self._images.PullImage, request, _PULL_TIMEOUT)
+        answer = self._call(
+            "PullImage", image, request, cri.PullImageResponse.FromString, _PULL_TIMEOUT
+        )
         return answer.image_ref
 
     def present(self, image: str) -> bool:
         """Whether the node has ``image``, as kubelet asks before it pulls."""
         request = cri.ImageStatusRequest(image=self._spec(image))
         answer = self._call(
-            "ImageStatus", image, self._images.ImageStatus, request, _STATUS_TIMEOUT
+            "ImageStatus", image, request, cri.ImageStatusResponse.FromString, _STATUS_TIMEOUT
         )
         return answer.HasField("image")
 
@@ -97,13 +97,15 @@ class CriImageService:
         return cri.PodSandboxConfig(annotations={_HANDLER_ANNOTATION: self.runtime_handler})
 
     def _call(
-        self, verb: str, image: str, rpc: Callable[..., _T], request: object, timeout: float
+        self,
+        verb: str,
+        image: str,
+        request: Message,
+        parse: Callable[[bytes], _T],
+        timeout: float,
     ) -> _T:
         try:
-            return rpc(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
-                detail = f"{exc.code().name}: {exc.details()}"
-            else:
-                detail = str(exc)
+            return self._channel.unary(_SERVICE + verb, request, parse, timeout=timeout)
+        except RpcError as exc:
+            detail = f"{exc.code.name}: {exc.message}"
             raise CriError(f"CRI {verb} {image} on {self.socket}: {detail}") from None
