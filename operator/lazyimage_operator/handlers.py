@@ -1,7 +1,8 @@
 """The kopf handlers: thin, each hands its event to a plain function.
 
 Pods are only watched, never written, and not through kopf: ``podwatch`` follows bound pending
-pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks. What the
+pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks; so are
+Nodes (``nodewatch``), which kopf would index slowly at every start. What the
 operator knows of each LazyImageNode lives in one ``NodeBook``. The LazyImages' status is
 folded by the operator's own ``StatusLoop``, not a kopf timer, so that kopf puts no finalizer
 on them.
@@ -23,6 +24,7 @@ from lazyimage.kube import KubeClient, KubeConfig, KubeError
 from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
 from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.nodewatch import NodeDirectory, follow_nodes
 from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.podwatch import follow_bound_pods
 from lazyimage_operator.prewarm import prewarm_pod
@@ -105,6 +107,7 @@ def register(
     an index is passed to handlers under its id, and ids name kopf's state on objects.
     ``kube`` is ``config.kubeconfig`` already loaded, if it was."""
     nodes = NodeBook()
+    directory = NodeDirectory()
     operator_kube = OperatorKube(config.kubeconfig, kube)
 
     @kopf.on.login(id="login", registry=registry)
@@ -118,7 +121,11 @@ def register(
         client = KubeClient(await operator_kube.config())
         await client.__aenter__()
         writer = ClusterWriter(
-            client, nodes, refresh=config.order_refresh, limit=config.orders_per_node
+            client,
+            nodes,
+            refresh=config.order_refresh,
+            limit=config.orders_per_node,
+            directory=directory,
         )
         memo["client"], memo["writer"] = client, writer
 
@@ -154,7 +161,14 @@ def register(
             restarts=metrics.POD_WATCH_RESTARTS,
         )
         memo["pod_watch"], memo["pods"] = watch, asyncio.create_task(watch.run())
-        statuses = StatusLoop(client, writer, nodes, config.status_interval)
+        # Nodes neither: see nodewatch.
+        node_watch = Supervisor(
+            "watch of nodes",
+            lambda: follow_nodes(client, directory),
+            restarts=metrics.NODE_WATCH_RESTARTS,
+        )
+        memo["node_watch"], memo["node_list"] = node_watch, asyncio.create_task(node_watch.run())
+        statuses = StatusLoop(client, writer, nodes, config.status_interval, directory)
         folding = Supervisor(
             "status loop of LazyImages", statuses.run, restarts=metrics.STATUS_LOOP_RESTARTS
         )
@@ -175,6 +189,11 @@ def register(
         """Fails the liveness probe while the watch of bound pods keeps failing."""
         return supervised(memo, "pod_watch")
 
+    @kopf.on.probe(id="node_watch", registry=registry)
+    async def node_watch_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        """Fails the liveness probe while the watch of nodes keeps failing."""
+        return supervised(memo, "node_watch")
+
     @kopf.on.probe(id="status_loop", registry=registry)
     async def status_loop_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
         """Fails the liveness probe while the LazyImages' status loop keeps failing."""
@@ -182,7 +201,7 @@ def register(
 
     @kopf.on.cleanup(id="disconnect", registry=registry)
     async def disconnect(memo: kopf.Memo, **_: Any) -> None:
-        for key in ("pods", "folding"):
+        for key in ("pods", "node_list", "folding"):
             task = memo.get(key)
             if isinstance(task, asyncio.Task):
                 task.cancel()
@@ -193,14 +212,15 @@ def register(
             await client.__aexit__(None, None, None)
 
     @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_book", registry=registry)
-    def node_book(name: str, body: kopf.Body, **_: Any) -> None:
+    async def node_book(name: str, body: kopf.Body, **_: Any) -> None:
         # Indexing sees each object before any handler runs, and kopf holds the handlers
         # until every object was seen: the book is complete before anything reads it. It
-        # keeps nothing in kopf's own index.
+        # keeps nothing in kopf's own index. A coroutine, so kopf runs it in the loop rather
+        # than handing each event to a thread.
         nodes.observe(name, body)
 
     @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="profile_recorded", registry=registry)
-    def profile_recorded(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+    async def profile_recorded(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
         recorded = (status.get("profile") or {}).get("recorded")
         return {name: str(recorded)} if recorded else {}
 
@@ -233,15 +253,6 @@ def register(
                     profile.get("files", "?"),
                 )
 
-    @kopf.index("v1", "nodes", id="node_labels", registry=registry)
-    def node_labels(
-        name: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **_: Any
-    ) -> dict[str, dict[str, str]]:
-        writer = memo.get("writer")
-        if isinstance(writer, ClusterWriter):
-            writer.note_node(name, meta.get("uid"))
-        return {name: dict(labels)}
-
     @kopf.on.event(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="lazyimage_seen", registry=registry)
     async def lazyimage_seen(
         name: str,
@@ -251,11 +262,9 @@ def register(
         status: kopf.Status,
         meta: kopf.Meta,
         memo: kopf.Memo,
-        **kwargs: Any,
+        **_: Any,
     ) -> None:
         statuses: StatusLoop = memo["statuses"]
-        # kopf's live index; it runs this handler only once its indexes are complete.
-        statuses.node_labels = kwargs["node_labels"]
         if type == "DELETED":
             statuses.forget(name)
             return

@@ -6,6 +6,7 @@ from lazyimage import names
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 __all__ = [
+    "NODE_WATCH_RESTARTS",
     "ORDERS",
     "ORDER_SECONDS",
     "POD_EVENT_ERRORS",
@@ -58,6 +59,13 @@ POD_WATCH_RESTARTS = Counter(
     f"{P}pod_watch_restarts",
     "Times the watch of bound pods failed or ended and was started again; if it keeps "
     "failing, the liveness probe fails.",
+    registry=REGISTRY,
+)
+
+NODE_WATCH_RESTARTS = Counter(
+    f"{P}node_watch_restarts",
+    "Times the watch of Nodes failed or ended and was started again; if it keeps failing, the "
+    "liveness probe fails.",
     registry=REGISTRY,
 )
 

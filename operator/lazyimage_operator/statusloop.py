@@ -23,6 +23,7 @@ from lazyimage.kube import ConflictError, KubeClient, KubeError, NotFoundError
 from lazyimage_operator import metrics
 from lazyimage_operator.fold import fold_status
 from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.nodewatch import NodeDirectory
 from lazyimage_operator.prewarm import SelectorPrewarm, selector_orders
 from lazyimage_operator.writer import LAZYIMAGES, ClusterWriter
 
@@ -42,15 +43,20 @@ class LazyImageView:
 
 class StatusLoop:
     def __init__(
-        self, client: KubeClient, writer: ClusterWriter, nodes: NodeBook, interval: float
+        self,
+        client: KubeClient,
+        writer: ClusterWriter,
+        nodes: NodeBook,
+        interval: float,
+        directory: NodeDirectory | None = None,
     ) -> None:
         self._client = client
         self._writer = writer
         self._nodes = nodes
         self._interval = interval
         self._images: dict[str, LazyImageView] = {}
-        # kopf's live index of node labels (name -> store of label maps), for nodeSelectors.
-        self.node_labels: Mapping[str, Any] = {}
+        # The Nodes' labels, for nodeSelectors.
+        self._directory = directory if directory is not None else NodeDirectory()
 
     def see(self, name: str, view: LazyImageView) -> None:
         self._images[name] = view
@@ -79,8 +85,7 @@ class StatusLoop:
         views = self._nodes.views_of(name)
         prewarm = SelectorPrewarm.from_spec(name, view.spec)
         if prewarm is not None:
-            labels = {node: next(iter(store)) for node, store in self.node_labels.items() if store}
-            wanted = selector_orders(prewarm, labels, views, self._writer.now())
+            wanted = selector_orders(prewarm, self._directory.labels(), views, self._writer.now())
             for node, order in wanted.items():
                 await self._writer.order(node, [order])
                 metrics.ORDERS.labels("selector", "written").inc()
