@@ -5,8 +5,8 @@ Not a kopf timer: kopf puts its finalizer on every object that has a timer, what
 delete handler says, and a finalizer that outlives the operator (``helm uninstall``) makes
 deleting the LazyImages, or their CRD, wait forever. A LazyImage needs no finalizer: one
 deleted while no operator runs is simply forgotten. So the loop is the operator's own, fed by
-kopf's events (which kopf holds until its indexes are complete, so no LazyImage is folded
-from a half-listed cluster), and supervised like the pod watch.
+kopf's events, and supervised like the pod watch; it starts folding once the ``NodeBook`` has
+listed every LazyImageNode, so no LazyImage is folded from a half-listed cluster.
 """
 
 from __future__ import annotations
@@ -68,8 +68,17 @@ class StatusLoop:
     def known(self) -> list[str]:
         return sorted(self._images)
 
+    def recorded_profile(self, name: str) -> str | None:
+        """When the LazyImage's profile was recorded ("" if it has none), or None if the
+        LazyImage has not been seen."""
+        view = self._images.get(name)
+        if view is None:
+            return None
+        return str((view.status.get("profile") or {}).get("recorded") or "")
+
     async def run(self) -> None:
         """Fold every known LazyImage, then wait the interval; forever."""
+        await self._nodes.complete()  # no status is folded from a half-listed book
         while True:
             for name in self.known():
                 try:

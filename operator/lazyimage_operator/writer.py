@@ -71,6 +71,7 @@ class ClusterWriter:
         Orders for one node that arrive while a write for it is under way are merged into one
         write after it: a burst of pods bound to one node costs one request, not one each.
         """
+        await self._nodes.complete()  # no order is merged into a half-listed book
         batch = self._pending.get(node)
         if batch is not None:
             batch.orders.extend(orders)
