@@ -1,10 +1,11 @@
 """The kopf handlers: thin, each hands its event to a plain function.
 
 Pods are only watched, never written, and not through kopf: ``podwatch`` follows bound pending
-pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks. What the
-operator knows of each LazyImageNode lives in one ``NodeBook``. The LazyImages' status is
-folded by the operator's own ``StatusLoop``, not a kopf timer, so that kopf puts no finalizer
-on them.
+pods with a server-side selector, under a ``Supervisor`` that the liveness probe asks; so are
+Nodes (``nodewatch``) and LazyImageNodes (``lazynodewatch``), which kopf would index slowly at
+every start. What the operator knows of each LazyImageNode lives in one ``NodeBook``. The
+LazyImages' status is folded by the operator's own ``StatusLoop``, not a kopf timer, so that
+kopf puts no finalizer on them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from lazyimage.kube import KubeClient, KubeConfig, KubeError
 
 from lazyimage_operator import metrics
 from lazyimage_operator.config import OperatorConfig
+from lazyimage_operator.lazynodewatch import follow_lazyimage_nodes
 from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.nodewatch import NodeDirectory, follow_nodes
 from lazyimage_operator.pods import PrewarmRequest
 from lazyimage_operator.podwatch import follow_bound_pods
 from lazyimage_operator.prewarm import prewarm_pod
@@ -36,6 +40,11 @@ __all__ = ["OperatorKube", "connection_info", "operator_settings", "register"]
 _GROUP, _VERSION = names.API_GROUP, names.API_VERSION
 
 logger = logging.getLogger(__name__)
+# The operator's requests in flight at once (watches aside). Each request scans every pooled
+# connection in httpcore, so more connections cost the operator CPU it needs under a burst:
+# 3,000 pods at 100/s on 2 cores, two runs each, 8 beat 16 (p99 0.4-1.5 s against 3.7-5.0 s,
+# 7.0 s of CPU against 8.9-9.8 s); unpaced, 48 and 4 did worse than both.
+REQUESTS_IN_FLIGHT = 8
 # kopf's finalizer name. No handler needs one now; LazyImages written by operators that had a
 # status timer may still carry it, and lose it when next seen.
 FINALIZER = f"{names.API_GROUP}/operator"
@@ -98,13 +107,47 @@ def connection_info(config: KubeConfig, authorization: str | None) -> kopf.Conne
     )
 
 
+async def learn_profiles(
+    writer: ClusterWriter,
+    statuses: StatusLoop,
+    learned: dict[str, str],
+    node: str,
+    status: Mapping[str, Any],
+) -> None:
+    """Make each profile in a node's report that is newer than its LazyImage's (as last seen,
+    or as last written here) the LazyImage's profile. A LazyImage not seen yet is left for a
+    later report: its profile may be newer than the report's."""
+
+    def known(lazy: str) -> str:
+        return max(learned.get(lazy, ""), statuses.recorded_profile(lazy) or "")
+
+    for lazy, profile in newer_profiles(node, status, known).items():
+        if statuses.recorded_profile(lazy) is None:
+            continue
+        try:
+            written = await writer.set_profile(lazy, profile)
+        except KubeError as exc:  # the next report brings it here again
+            logger.warning("could not write the startup profile of %s: %s", lazy, exc)
+            continue
+        if written:
+            learned[lazy] = profile["recorded"]
+            metrics.PROFILES_LEARNED.inc()
+            logger.info(
+                "learned the startup profile of %s from %s: %s files",
+                lazy,
+                node,
+                profile.get("files", "?"),
+            )
+
+
 def register(
     registry: kopf.OperatorRegistry, config: OperatorConfig, kube: KubeConfig | None = None
 ) -> None:
     """Register the handlers on ``registry``, bound to ``config``. Each has an explicit id:
-    an index is passed to handlers under its id, and ids name kopf's state on objects.
+    ids name kopf's state on objects.
     ``kube`` is ``config.kubeconfig`` already loaded, if it was."""
-    nodes = NodeBook()
+    nodes = NodeBook(listed=False)
+    directory = NodeDirectory()
     operator_kube = OperatorKube(config.kubeconfig, kube)
 
     @kopf.on.login(id="login", registry=registry)
@@ -115,10 +158,14 @@ def register(
     async def connect(memo: kopf.Memo, **_: Any) -> None:
         if config.metrics:
             metrics.serve_metrics(config.metrics)
-        client = KubeClient(await operator_kube.config())
+        client = KubeClient(await operator_kube.config(), max_requests=REQUESTS_IN_FLIGHT)
         await client.__aenter__()
         writer = ClusterWriter(
-            client, nodes, refresh=config.order_refresh, limit=config.orders_per_node
+            client,
+            nodes,
+            refresh=config.order_refresh,
+            limit=config.orders_per_node,
+            directory=directory,
         )
         memo["client"], memo["writer"] = client, writer
 
@@ -154,7 +201,27 @@ def register(
             restarts=metrics.POD_WATCH_RESTARTS,
         )
         memo["pod_watch"], memo["pods"] = watch, asyncio.create_task(watch.run())
-        statuses = StatusLoop(client, writer, nodes, config.status_interval)
+        # Nodes neither: see nodewatch.
+        node_watch = Supervisor(
+            "watch of nodes",
+            lambda: follow_nodes(client, directory),
+            restarts=metrics.NODE_WATCH_RESTARTS,
+        )
+        memo["node_watch"], memo["node_list"] = node_watch, asyncio.create_task(node_watch.run())
+        statuses = StatusLoop(client, writer, nodes, config.status_interval, directory)
+        learned: dict[str, str] = {}  # profiles written, until the LazyImage's event shows them
+
+        async def reported(node: str, status: Mapping[str, Any]) -> None:
+            await learn_profiles(writer, statuses, learned, node, status)
+
+        # LazyImageNodes neither: see lazynodewatch.
+        book_watch = Supervisor(
+            "watch of LazyImageNodes",
+            lambda: follow_lazyimage_nodes(client, nodes, reported),
+            restarts=metrics.LAZYIMAGE_NODE_WATCH_RESTARTS,
+        )
+        memo["lazyimage_node_watch"] = book_watch
+        memo["book"] = asyncio.create_task(book_watch.run())
         folding = Supervisor(
             "status loop of LazyImages", statuses.run, restarts=metrics.STATUS_LOOP_RESTARTS
         )
@@ -175,6 +242,16 @@ def register(
         """Fails the liveness probe while the watch of bound pods keeps failing."""
         return supervised(memo, "pod_watch")
 
+    @kopf.on.probe(id="node_watch", registry=registry)
+    async def node_watch_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        """Fails the liveness probe while the watch of nodes keeps failing."""
+        return supervised(memo, "node_watch")
+
+    @kopf.on.probe(id="lazyimage_node_watch", registry=registry)
+    async def lazyimage_node_watch_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        """Fails the liveness probe while the watch of LazyImageNodes keeps failing."""
+        return supervised(memo, "lazyimage_node_watch")
+
     @kopf.on.probe(id="status_loop", registry=registry)
     async def status_loop_alive(memo: kopf.Memo, **_: Any) -> dict[str, int]:
         """Fails the liveness probe while the LazyImages' status loop keeps failing."""
@@ -182,7 +259,7 @@ def register(
 
     @kopf.on.cleanup(id="disconnect", registry=registry)
     async def disconnect(memo: kopf.Memo, **_: Any) -> None:
-        for key in ("pods", "folding"):
+        for key in ("pods", "node_list", "book", "folding"):
             task = memo.get(key)
             if isinstance(task, asyncio.Task):
                 task.cancel()
@@ -191,56 +268,6 @@ def register(
         client = memo.get("client")
         if isinstance(client, KubeClient):
             await client.__aexit__(None, None, None)
-
-    @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_book", registry=registry)
-    def node_book(name: str, body: kopf.Body, **_: Any) -> None:
-        # Indexing sees each object before any handler runs, and kopf holds the handlers
-        # until every object was seen: the book is complete before anything reads it. It
-        # keeps nothing in kopf's own index.
-        nodes.observe(name, body)
-
-    @kopf.index(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="profile_recorded", registry=registry)
-    def profile_recorded(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
-        recorded = (status.get("profile") or {}).get("recorded")
-        return {name: str(recorded)} if recorded else {}
-
-    @kopf.on.event(
-        _GROUP, _VERSION, names.LAZYIMAGE_NODE_PLURAL, id="node_reported", registry=registry
-    )
-    async def node_reported(
-        name: str, type: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        if type == "DELETED":
-            nodes.observe(name, None)  # indexing never sees a deletion
-            return
-        if not status.get("profiles"):
-            return
-        recorded: kopf.Index[str, str] = kwargs["profile_recorded"]
-        written: dict[str, str] = memo.setdefault("profiles_written", {})
-
-        def known(lazy: str) -> str:
-            # Ours until the index catches up with our own write, then the index's.
-            return max(written.get(lazy, ""), max(recorded.get(lazy, ()), default=""))
-
-        for lazy, profile in newer_profiles(name, status, known).items():
-            if await memo["writer"].set_profile(lazy, profile):
-                written[lazy] = profile["recorded"]
-                metrics.PROFILES_LEARNED.inc()
-                logger.info(
-                    "learned the startup profile of %s from %s: %s files",
-                    lazy,
-                    name,
-                    profile.get("files", "?"),
-                )
-
-    @kopf.index("v1", "nodes", id="node_labels", registry=registry)
-    def node_labels(
-        name: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **_: Any
-    ) -> dict[str, dict[str, str]]:
-        writer = memo.get("writer")
-        if isinstance(writer, ClusterWriter):
-            writer.note_node(name, meta.get("uid"))
-        return {name: dict(labels)}
 
     @kopf.on.event(_GROUP, _VERSION, names.LAZYIMAGE_PLURAL, id="lazyimage_seen", registry=registry)
     async def lazyimage_seen(
@@ -251,11 +278,9 @@ def register(
         status: kopf.Status,
         meta: kopf.Meta,
         memo: kopf.Memo,
-        **kwargs: Any,
+        **_: Any,
     ) -> None:
         statuses: StatusLoop = memo["statuses"]
-        # kopf's live index; it runs this handler only once its indexes are complete.
-        statuses.node_labels = kwargs["node_labels"]
         if type == "DELETED":
             statuses.forget(name)
             return

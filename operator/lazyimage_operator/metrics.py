@@ -6,6 +6,8 @@ from lazyimage import names
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 __all__ = [
+    "LAZYIMAGE_NODE_WATCH_RESTARTS",
+    "NODE_WATCH_RESTARTS",
     "ORDERS",
     "ORDER_SECONDS",
     "POD_EVENT_ERRORS",
@@ -57,6 +59,20 @@ STATUS_LOOP_RESTARTS = Counter(
 POD_WATCH_RESTARTS = Counter(
     f"{P}pod_watch_restarts",
     "Times the watch of bound pods failed or ended and was started again; if it keeps "
+    "failing, the liveness probe fails.",
+    registry=REGISTRY,
+)
+
+NODE_WATCH_RESTARTS = Counter(
+    f"{P}node_watch_restarts",
+    "Times the watch of Nodes failed or ended and was started again; if it keeps failing, the "
+    "liveness probe fails.",
+    registry=REGISTRY,
+)
+
+LAZYIMAGE_NODE_WATCH_RESTARTS = Counter(
+    f"{P}lazyimage_node_watch_restarts",
+    "Times the watch of LazyImageNodes failed or ended and was started again; if it keeps "
     "failing, the liveness probe fails.",
     registry=REGISTRY,
 )

@@ -1,14 +1,15 @@
 """What the operator knows of each LazyImageNode, in one place.
 
-The book is fed by kopf's indexing of LazyImageNodes, which sees every object before any
-handler runs (so no LazyImage is folded or ordered from a half-listed cluster), by their
-deletions, and by the writer's own writes, which it knows before the watch shows them. It is
-read by the writer (the orders to merge into, and the resourceVersion to write them with) and by
-each LazyImage's fold (the views of its nodes).
+The book is fed by the operator's watch of LazyImageNodes (``lazynodewatch``), which lists
+them all before it says the book is complete (so no LazyImage is folded or ordered from a
+half-listed cluster: both wait for ``complete``), and by the writer's own writes, which it
+knows before the watch shows them. It is read by the writer (the orders to merge into, and the
+resourceVersion to write them with) and by each LazyImage's fold (the views of its nodes).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +31,33 @@ class KnownNode:
 def _newer(version: str, than: str) -> bool:
     # resourceVersions are opaque; etcd's are integers, which is all this ordering assumes.
     if version.isdigit() and than.isdigit():
-        return int(version) >= int(than)
+        return int(version) > int(than)
     return True
 
 
 class NodeBook:
-    def __init__(self) -> None:
+    """``listed``: whether the book starts complete (a test's); the operator's starts empty and
+    is marked complete by its watch once every LazyImageNode was listed."""
+
+    def __init__(self, *, listed: bool = True) -> None:
         self._nodes: dict[str, KnownNode] = {}
         self._by_lazyimage: dict[str, dict[str, NodeImageView]] = {}
+        self._listed = asyncio.Event()
+        if listed:
+            self._listed.set()
+
+    def mark_listed(self) -> None:
+        self._listed.set()
+
+    async def complete(self) -> None:
+        """Return once every LazyImageNode there was has been seen."""
+        if not self._listed.is_set():
+            await self._listed.wait()
 
     def observe(self, node: str, obj: Mapping[str, Any] | None) -> None:
-        """Note a LazyImageNode as the API server returned it (None: deleted). An object older
-        than the one known (a watch event delivered after our own write) changes nothing."""
+        """Note a LazyImageNode as the API server returned it (None: deleted). An object no
+        newer than the one known (a watch event delivered after our own write) changes
+        nothing."""
         if obj is None:
             self._replace(node, None)
             return

@@ -16,36 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 from lazyimage.kube import KubeError, ResourcePath, WatchEvent
 
 from lazyimage_operator import metrics
 from lazyimage_operator.pods import PrewarmRequest, prewarm_request
+from lazyimage_operator.watching import WATCH_PATIENCE, CollectionSource
 
-__all__ = ["BOUND_PENDING", "PODS", "PodSource", "follow_bound_pods"]
+__all__ = ["BOUND_PENDING", "PODS", "WATCH_PATIENCE", "CollectionSource", "follow_bound_pods"]
 
 PODS = ResourcePath("", "v1", "pods")
 BOUND_PENDING = "spec.nodeName!=,status.phase=Pending"
-# Failures in a row (with the client's backoff, about 20 s) after which the watch ends and the
-# supervisor counts it: so a watch that cannot work shows in the probe, not only in the log.
-WATCH_PATIENCE = 5
 
 logger = logging.getLogger(__name__)
-
-
-class PodSource(Protocol):
-    """Where pod events come from: ``lazyimage.kube.KubeClient``, or a test's fake."""
-
-    def watch_collection(
-        self,
-        path: ResourcePath,
-        *,
-        field_selector: str | None = None,
-        max_failures: int | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]: ...
 
 
 def _request_of(event: WatchEvent) -> PrewarmRequest | None:
@@ -72,7 +58,7 @@ def _event_failed(pod: str) -> None:
 
 
 async def follow_bound_pods(
-    source: PodSource,
+    source: CollectionSource,
     handle: Callable[[PrewarmRequest], Awaitable[None]],
     *,
     concurrency: int = 256,

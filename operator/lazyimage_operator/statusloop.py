@@ -5,8 +5,8 @@ Not a kopf timer: kopf puts its finalizer on every object that has a timer, what
 delete handler says, and a finalizer that outlives the operator (``helm uninstall``) makes
 deleting the LazyImages, or their CRD, wait forever. A LazyImage needs no finalizer: one
 deleted while no operator runs is simply forgotten. So the loop is the operator's own, fed by
-kopf's events (which kopf holds until its indexes are complete, so no LazyImage is folded
-from a half-listed cluster), and supervised like the pod watch.
+kopf's events, and supervised like the pod watch; it starts folding once the ``NodeBook`` has
+listed every LazyImageNode, so no LazyImage is folded from a half-listed cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lazyimage.kube import ConflictError, KubeClient, KubeError, NotFoundError
 from lazyimage_operator import metrics
 from lazyimage_operator.fold import fold_status
 from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.nodewatch import NodeDirectory
 from lazyimage_operator.prewarm import SelectorPrewarm, selector_orders
 from lazyimage_operator.writer import LAZYIMAGES, ClusterWriter
 
@@ -42,15 +43,20 @@ class LazyImageView:
 
 class StatusLoop:
     def __init__(
-        self, client: KubeClient, writer: ClusterWriter, nodes: NodeBook, interval: float
+        self,
+        client: KubeClient,
+        writer: ClusterWriter,
+        nodes: NodeBook,
+        interval: float,
+        directory: NodeDirectory | None = None,
     ) -> None:
         self._client = client
         self._writer = writer
         self._nodes = nodes
         self._interval = interval
         self._images: dict[str, LazyImageView] = {}
-        # kopf's live index of node labels (name -> store of label maps), for nodeSelectors.
-        self.node_labels: Mapping[str, Any] = {}
+        # The Nodes' labels, for nodeSelectors.
+        self._directory = directory if directory is not None else NodeDirectory()
 
     def see(self, name: str, view: LazyImageView) -> None:
         self._images[name] = view
@@ -62,8 +68,17 @@ class StatusLoop:
     def known(self) -> list[str]:
         return sorted(self._images)
 
+    def recorded_profile(self, name: str) -> str | None:
+        """When the LazyImage's profile was recorded ("" if it has none), or None if the
+        LazyImage has not been seen."""
+        view = self._images.get(name)
+        if view is None:
+            return None
+        return str((view.status.get("profile") or {}).get("recorded") or "")
+
     async def run(self) -> None:
         """Fold every known LazyImage, then wait the interval; forever."""
+        await self._nodes.complete()  # no status is folded from a half-listed book
         while True:
             for name in self.known():
                 try:
@@ -79,8 +94,7 @@ class StatusLoop:
         views = self._nodes.views_of(name)
         prewarm = SelectorPrewarm.from_spec(name, view.spec)
         if prewarm is not None:
-            labels = {node: next(iter(store)) for node, store in self.node_labels.items() if store}
-            wanted = selector_orders(prewarm, labels, views, self._writer.now())
+            wanted = selector_orders(prewarm, self._directory.labels(), views, self._writer.now())
             for node, order in wanted.items():
                 await self._writer.order(node, [order])
                 metrics.ORDERS.labels("selector", "written").inc()

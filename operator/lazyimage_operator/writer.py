@@ -21,13 +21,13 @@ from lazyimage.api import Order
 from lazyimage.kube import ConflictError, KubeClient, NotFoundError, ResourcePath
 
 from lazyimage_operator.nodebook import NodeBook
+from lazyimage_operator.nodewatch import NODES, NodeDirectory
 from lazyimage_operator.orders import merge_orders
 
 __all__ = ["LAZYIMAGES", "LAZYIMAGE_NODES", "ClusterWriter"]
 
 LAZYIMAGES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_PLURAL)
 LAZYIMAGE_NODES = ResourcePath(names.API_GROUP, names.API_VERSION, names.LAZYIMAGE_NODE_PLURAL)
-NODES = ResourcePath("", "v1", "nodes")
 _API_VERSION = f"{names.API_GROUP}/{names.API_VERSION}"
 _ATTEMPTS = 8
 OPERATOR_NAME = "lazyimage-operator"
@@ -49,6 +49,7 @@ class ClusterWriter:
         *,
         refresh: timedelta,
         limit: int,
+        directory: NodeDirectory | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
@@ -59,7 +60,7 @@ class ClusterWriter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, _Batch] = {}
         self._known_lazyimages: set[str] = set()
-        self._node_uids: dict[str, str] = {}
+        self._directory = directory if directory is not None else NodeDirectory()
 
     def now(self) -> datetime:
         return self._clock()
@@ -70,6 +71,7 @@ class ClusterWriter:
         Orders for one node that arrive while a write for it is under way are merged into one
         write after it: a burst of pods bound to one node costs one request, not one each.
         """
+        await self._nodes.complete()  # no order is merged into a half-listed book
         batch = self._pending.get(node)
         if batch is not None:
             batch.orders.extend(orders)
@@ -147,17 +149,10 @@ class ClusterWriter:
             return False
         return True
 
-    def note_node(self, node: str, uid: str | None) -> None:
-        """Note a Node's uid as the watch of nodes shows it (None: the Node is gone)."""
-        if uid:
-            self._node_uids[node] = uid
-        else:
-            self._node_uids.pop(node, None)
-
     async def _node_owner(self, node: str) -> dict[str, Any] | None:
         """The Node as the owner of its LazyImageNode, so the garbage collector removes the
         channel with the node. None if the Node is not (yet) there."""
-        uid = self._node_uids.get(node)
+        uid = self._directory.uid(node)
         if uid is None:
             try:
                 uid = str((await self._client.get(NODES, node))["metadata"]["uid"])

@@ -111,6 +111,7 @@ def test_the_handlers_fold_reports_order_pods_and_answer_the_probe(
         assert status == 200, body
         assert body["pod_watch"] == {"restarts": 0}
         assert body["status_loop"] == {"restarts": 0}
+        assert body["node_watch"] == {"restarts": 0}
 
         # A pod watch that has died fails the probe (kopf keeps an answer for 10 s).
         task = seen["memo"]["pods"]
