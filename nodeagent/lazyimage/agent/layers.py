@@ -457,10 +457,7 @@ class LayerManager:
     async def _prefetch_layer(self, layer: MountedLayer, background: bool) -> None:
         try:
             with layer.prefetch_scope:  # an unmount ends it
-                zone = _zone_chunks(layer.tree)
-                await layer.fetcher.prefetch(zone, Priority.PREFETCH)
-                if zone:
-                    await _warm(layer, zone, profiled=False)
+                await layer.fetcher.prefetch(_zone_chunks(layer.tree), Priority.PREFETCH)
                 layer.prefetch_done.set()
                 if background:
                     # Lazily: the fetcher takes the layer's chunks a window at a time.

@@ -85,13 +85,10 @@ def test_the_priority_zone_is_fetched_at_mount(
     assert _by_reason(agent, "prefetch") > 0
     layer_dir = Path(mounted["path"])
     before = _by_reason(agent, "demand")
-    reads = _fuse_operations(agent, "read")
     for path in (layer_dir / "usr/lib/python3.11/json").rglob("*"):
         if path.is_file():
             path.read_bytes()
     assert _by_reason(agent, "demand") == before
-    # Read once through the mount once fetched: the page cache has the zone's files.
-    assert _fuse_operations(agent, "read") == reads
 
 
 def test_prefetch_of_a_mounted_layer_leaves_its_files_in_the_kernels_caches(
