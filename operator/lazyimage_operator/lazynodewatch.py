@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from lazyimage.kube import ResourcePath, WatchEvent
+from lazyimage.kube import ResourcePath
 
 from lazyimage_operator.nodebook import NodeBook
-from lazyimage_operator.watching import WATCH_PATIENCE
+from lazyimage_operator.watching import WATCH_PATIENCE, CollectionSource
 from lazyimage_operator.writer import LAZYIMAGE_NODES
 
 __all__ = ["LazyImageNodeSource", "follow_lazyimage_nodes"]
@@ -28,8 +28,8 @@ __all__ = ["LazyImageNodeSource", "follow_lazyimage_nodes"]
 logger = logging.getLogger(__name__)
 
 
-class LazyImageNodeSource(Protocol):
-    """``lazyimage.kube.KubeClient``, or a test's fake."""
+class LazyImageNodeSource(CollectionSource, Protocol):
+    """``lazyimage.kube.KubeClient``, or a test's fake: a watch, and a list to start from."""
 
     async def list(
         self,
@@ -38,14 +38,6 @@ class LazyImageNodeSource(Protocol):
         label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> dict[str, Any]: ...
-
-    def watch_collection(
-        self,
-        path: ResourcePath,
-        *,
-        field_selector: str | None = None,
-        max_failures: int | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]: ...
 
 
 def _name(obj: Mapping[str, Any]) -> str:
