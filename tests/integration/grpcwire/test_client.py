@@ -238,6 +238,20 @@ def _serve_raw(listener: socket.socket, answer: Callable[[int, int], str]) -> No
                 sock.sendall(conn.data_to_send())
 
 
+@contextlib.contextmanager
+def _raw_server(path: Path, answer: Callable[[int, int], str]) -> Iterator[None]:
+    """``_serve_raw`` on a unix socket at ``path`` for the block; it must end with it."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(4)
+        server = threading.Thread(target=_serve_raw, args=(listener, answer), daemon=True)
+        server.start()
+        yield
+        listener.shutdown(socket.SHUT_RDWR)
+        server.join(10)
+        assert not server.is_alive()
+
+
 def test_a_call_the_closing_server_did_not_take_is_made_again_on_a_new_connection(
     tmp_path: Path,
 ) -> None:
@@ -248,18 +262,11 @@ def test_a_call_the_closing_server_did_not_take_is_made_again_on_a_new_connectio
         streams.append((n, sid))
         return "refuse" if n == 2 else "reply"  # the second, on the kept connection
 
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))
-        listener.listen(4)
-        server = threading.Thread(target=_serve_raw, args=(listener, answer), daemon=True)
-        server.start()
+    with _raw_server(path, answer):
         channel = Channel(path)
         assert _echo(channel, b"") == b""
         assert _echo(channel, b"") == b""
         channel.close()
-        listener.shutdown(socket.SHUT_RDWR)
-        server.join(10)
-        assert not server.is_alive()
     # Stream 3 on the first connection was refused; it went again as stream 1 of a new one.
     assert streams == [(1, 1), (2, 3), (3, 1)]
 
@@ -272,17 +279,10 @@ def test_a_call_the_stopping_server_named_in_its_goaway_is_answered(tmp_path: Pa
         streams.append((n, sid))
         return "stop" if n == 2 else "reply"
 
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))
-        listener.listen(4)
-        server = threading.Thread(target=_serve_raw, args=(listener, answer), daemon=True)
-        server.start()
+    with _raw_server(path, answer):
         channel = Channel(path)
         assert _echo(channel, b"") == b""
         assert _echo(channel, b"") == b""  # answered after the GOAWAY that named it
         assert _echo(channel, b"") == b""  # on a new connection: the old one is closing
         channel.close()
-        listener.shutdown(socket.SHUT_RDWR)
-        server.join(10)
-        assert not server.is_alive()
     assert streams == [(1, 1), (2, 3), (3, 1)]
